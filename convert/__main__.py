@@ -1,0 +1,41 @@
+"""python -m convert: build the float and int8 models and the manifest (what `make models` runs)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from convert import ConvertError
+from edgeface.manifest import models_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m convert", description=__doc__)
+    parser.add_argument("--out", type=Path, default=models_dir(), help="model folder (default: %(default)s)")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edgeface",
+                        help="downloads and work files (default: %(default)s)")
+    parser.add_argument("--only", nargs="+", metavar="KEY", help="build only these model keys, e.g. retinaface-640")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+
+    def log(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    try:
+        from convert.build import build_all
+
+        manifest = build_all(args.out.expanduser(), args.cache.expanduser(), args.only, log)
+    except ConvertError as error:
+        print(f"convert: error: {error}", file=sys.stderr)
+        return 1
+    except ImportError as error:
+        print(f"convert: error: {error.name} is not installed; run 'make install'", file=sys.stderr)
+        return 1
+    log(f"manifest: {manifest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The Python API: `FaceAnalyzer(profile="rpi4").detect(image)` -> list of `Face`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from edgeface.detection import Detections
+from edgeface.embedder import Embedder
+from edgeface.errors import ModelError
+from edgeface.gallery import Gallery
+from edgeface.images import load_image
+from edgeface.interpreter import TFLiteModel
+from edgeface.manifest import Manifest, ModelSpec, load_manifest, model_key
+from edgeface.mtcnn import CascadeSettings, Mtcnn
+from edgeface.profiles import Profile, load_profile
+from edgeface.retinaface import RetinaFace
+
+@dataclass
+class Face:
+    """One detected face in original-image pixels; embedding and identity are filled in on request."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: list[tuple[float, float]]
+    embedding: np.ndarray | None = None
+    identity: str | None = None
+    similarity: float | None = None
+
+    @property
+    def area(self) -> float:
+        """Box area in pixels (used to pick the largest face)."""
+        return max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1])
+
+    def to_json(self) -> dict[str, object]:
+        """The CLI's JSON object for this face."""
+        data: dict[str, object] = {
+            "box": [round(float(v), 2) for v in self.box],
+            "score": round(float(self.score), 5),
+            "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks],
+        }
+        if self.embedding is not None:
+            data["embedding"] = [round(float(v), 6) for v in self.embedding]
+        if self.identity is not None:
+            data["identity"] = self.identity
+            data["similarity"] = round(float(self.similarity), 5)
+        return data
+
+
+def _faces(found: Detections) -> list[Face]:
+    return [
+        Face(box=tuple(float(v) for v in box), score=float(score), landmarks=[(float(x), float(y)) for x, y in points])
+        for box, score, points in zip(found.boxes, found.scores, found.landmarks)
+    ]
+
+
+class FaceAnalyzer:
+    """Detect, embed and identify faces with the int8 (or float) models, configured by a hardware profile.
+
+    Keyword overrides replace the profile's values: detector ('retinaface' | 'mtcnn'), precision
+    ('int8' | 'float'), input_size (detector letterbox side) and score_threshold.
+    """
+
+    def __init__(self, profile: str | Path | Profile = "x86", *, detector: str | None = None,
+                 precision: str | None = None, input_size: int | None = None,
+                 score_threshold: float | None = None, models: Path | None = None) -> None:
+        self.profile = profile if isinstance(profile, Profile) else load_profile(profile)
+        det = self.profile.detector
+        self.detector_name = detector or det.name
+        self.precision = precision or self.profile.runtime.precision
+        self.input_size = input_size or (det.input_size if self.detector_name == "retinaface"
+                                         else self.profile.mtcnn.input_size)
+        self.score_threshold = score_threshold if score_threshold is not None else det.score_threshold
+        if not 0.0 < self.score_threshold < 1.0:
+            raise ModelError(f"score threshold must be between 0 and 1, got {self.score_threshold}")
+        self.manifest: Manifest = load_manifest(models)
+
+    def _model(self, spec: ModelSpec, input_shape: tuple[int, ...] | None = None) -> TFLiteModel:
+        runtime = self.profile.runtime
+        model = TFLiteModel(self.manifest, spec, threads=runtime.threads, delegate=runtime.delegate)
+        if input_shape is not None and input_shape != model.input_shape:
+            try:
+                model.run(np.zeros(input_shape, np.uint8))
+            except (ValueError, RuntimeError) as error:
+                raise ModelError(f"{model.path}: cannot run at input {input_shape[1:3]} ({error})") from None
+        return model
+
+    @cached_property
+    def _detector(self) -> RetinaFace | Mtcnn:
+        if self.detector_name == "retinaface":
+            size = self.input_size
+            key = model_key("retinaface", size)
+            if f"{key}.{self.precision}" in self.manifest.models:
+                return RetinaFace(self._model(self.manifest.get(key, self.precision)))
+            if size % 32:
+                raise ModelError(f"RetinaFace input size {size}: must be a multiple of 32 or a built size")
+            base = self.manifest.get(model_key("retinaface", 640), self.precision)
+            return RetinaFace(self._model(base, (1, size, size, 3)))
+        if self.detector_name == "mtcnn":
+            cfg = self.profile.mtcnn
+            if self.input_size % 2:
+                raise ModelError(f"MTCNN input size {self.input_size}: must be even")
+            settings = CascadeSettings(self.input_size, cfg.min_face, cfg.factor, cfg.max_levels,
+                                       tuple(cfg.thresholds))
+            nets = [self._model(self.manifest.get(name, self.precision)) for name in ("pnet", "rnet", "onet")]
+            return Mtcnn(*nets, settings)
+        raise ModelError(f"unknown detector '{self.detector_name}' (choose retinaface or mtcnn)")
+
+    @cached_property
+    def embedder(self) -> Embedder:
+        """The MobileFaceNet embedder at this analyzer's precision (loaded on first use)."""
+        return Embedder(self._model(self.manifest.get("mobilefacenet", self.precision)))
+
+    @property
+    def embedding_model_sha256(self) -> str:
+        """Identifies the embedding model: a gallery is only valid with the model it was enrolled with."""
+        return self.manifest.get("mobilefacenet", self.precision).sha256
+
+    def detect(self, image: np.ndarray | str | Path) -> list[Face]:
+        """Faces in an image (an RGB uint8 array or a path), best score first."""
+        pixels = load_image(image) if isinstance(image, (str, Path)) else image
+        det = self.profile.detector
+        found = self._detector.detect(pixels, self.score_threshold, det.nms_iou, det.max_faces)
+        return _faces(found)
+
+    def embed(self, image: np.ndarray | str | Path) -> list[Face]:
+        """Detect, then give every face its L2-normalised embedding."""
+        pixels = load_image(image) if isinstance(image, (str, Path)) else image
+        faces = self.detect(pixels)
+        vectors = self.embedder.embed(pixels, np.array([f.landmarks for f in faces]).reshape(-1, 5, 2))
+        for face, vector in zip(faces, vectors):
+            face.embedding = vector
+        return faces
+
+    def open_gallery(self, path: str | Path) -> Gallery:
+        """The gallery at `path` bound to this analyzer's embedding model (created if missing)."""
+        return Gallery(path, self.embedding_model_sha256, self.embedder.dim)
+
+    def identify(self, image: np.ndarray | str | Path, gallery: Gallery) -> list[Face]:
+        """Embed every face and name it from the gallery, or 'unknown' below the profile's match threshold."""
+        faces = self.embed(image)
+        if faces:
+            answers = gallery.identify(np.stack([f.embedding for f in faces]),
+                                       self.profile.recognition.match_threshold)
+            for face, (name, similarity) in zip(faces, answers):
+                face.identity, face.similarity = name, similarity
+        return faces

@@ -1,0 +1,318 @@
+"""The `edgeface` command line: detect, embed, enroll, identify, verify, demo, gallery, models, profiles."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from edgeface.analyzer import Face, FaceAnalyzer
+from edgeface.draw import annotate
+from edgeface.errors import EdgefaceError, ImageError
+from edgeface.gallery import UNKNOWN
+from edgeface.images import load_image
+from edgeface.manifest import load_manifest
+from edgeface.profiles import DEFAULT_PROFILE, available_profiles, load_profile
+
+
+def iter_inputs(paths: list[str]) -> Iterator[tuple[str, Path]]:
+    """(display name, file) for each PATH: a file as given, or every file under a directory, sorted.
+
+    The display name of a file found in a directory is its path relative to that directory. Hidden files
+    are skipped; every other file is an input, so a stray non-image is reported rather than ignored.
+    """
+    for given in paths:
+        root = Path(given)
+        if root.is_dir():
+            for path in sorted(p for p in root.rglob("*") if p.is_file()):
+                relative = path.relative_to(root)
+                if not any(part.startswith(".") for part in relative.parts):
+                    yield relative.as_posix(), path
+        else:
+            yield given, root
+
+
+class Progress:
+    """A one-line progress bar on stderr, shown only when stderr is a terminal."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done = total, 0
+        self.enabled = total > 1 and sys.stderr.isatty()
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        if self.enabled:
+            filled = int(30 * self.done / self.total)
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {label[-40:]:<40}")
+            if self.done == self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _report_error(name: str, error: EdgefaceError, as_json: bool) -> None:
+    message = str(error)
+    print(f"edgeface: {message}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"image": name, "error": message}), flush=True)
+
+
+def _analyzer(args: argparse.Namespace) -> FaceAnalyzer:
+    return FaceAnalyzer(args.profile, detector=args.detector, precision=args.precision,
+                        input_size=args.input_size, score_threshold=args.score_threshold)
+
+
+def _print_faces(name: str, image: np.ndarray, faces: list[Face], as_json: bool) -> None:
+    if as_json:
+        record = {"image": name, "width": int(image.shape[1]), "height": int(image.shape[0]),
+                  "faces": [face.to_json() for face in faces]}
+        print(json.dumps(record), flush=True)
+        return
+    print(f"{name}: {len(faces)} face{'s' if len(faces) != 1 else ''}")
+    for face in faces:
+        box = " ".join(f"{v:.0f}" for v in face.box)
+        who = f"  {face.identity} ({face.similarity:.3f})" if face.identity is not None else ""
+        print(f"  box [{box}] score {face.score:.3f}{who}")
+
+
+def cmd_faces(args: argparse.Namespace) -> int:
+    """detect / embed / identify over images and folders."""
+    analyzer = _analyzer(args)
+    gallery = analyzer.open_gallery(args.gallery) if args.command == "identify" else None
+    inputs = list(iter_inputs(args.paths))
+    progress = Progress(len(inputs))
+    failed = False
+    for name, path in inputs:
+        try:
+            image = load_image(path)
+            if gallery is not None:
+                faces = analyzer.identify(image, gallery)
+            elif args.command == "embed":
+                faces = analyzer.embed(image)
+            else:
+                faces = analyzer.detect(image)
+        except ImageError as error:
+            failed = True
+            _report_error(name, error, args.json)
+        else:
+            _print_faces(name, image, faces, args.json)
+        progress.step(name)
+    return 1 if failed else 0
+
+
+def _person_name(name: str, path: Path, root_is_dir: bool) -> str:
+    """Sub-folder per person ('alice/1.jpg'), else 'name_x.jpg' ('Tom_Hanks_54745.png' -> 'Tom_Hanks')."""
+    parts = Path(name).parts
+    if root_is_dir and len(parts) > 1:
+        return parts[0]
+    stem = path.stem
+    return stem.rsplit("_", 1)[0] if "_" in stem else stem
+
+
+def _choose_face(faces: list[Face], choice: str | None) -> Face:
+    if len(faces) == 1 and choice is None:
+        return faces[0]
+    if not faces:
+        raise ImageError("no face found")
+    if choice is None:
+        raise ImageError(f"{len(faces)} faces found; pass --face largest (or an index 0..{len(faces) - 1})")
+    if choice == "largest":
+        return max(faces, key=lambda face: face.area)
+    index = int(choice)
+    if not 0 <= index < len(faces):
+        raise ImageError(f"--face {index}: only {len(faces)} faces found")
+    return faces[index]
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    """Enroll photos into a gallery, one transaction per photo."""
+    analyzer = _analyzer(args)
+    enrolled, problems = 0, 0
+    with analyzer.open_gallery(args.gallery) as gallery:
+        for given in args.paths:
+            inputs = list(iter_inputs([given]))
+            progress = Progress(len(inputs))
+            for name, path in inputs:
+                try:
+                    face = _choose_face(analyzer.embed(load_image(path)), args.face)
+                    person = args.name or _person_name(name, path, Path(given).is_dir())
+                    gallery.add(person, face.embedding[None], [str(path)])
+                    enrolled += 1
+                except ImageError as error:
+                    problems += 1
+                    message = str(error) if str(error).startswith(str(path)) else f"{path}: {error}"
+                    print(f"edgeface: skipped {message}", file=sys.stderr)
+                progress.step(name)
+        people = gallery.people()
+    print(f"enrolled {enrolled} photo(s); gallery {args.gallery} holds {len(people)} people; skipped {problems}")
+    return 1 if problems else 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Cosine similarity of the largest face in two photos, and the verdict at the profile's threshold."""
+    analyzer = _analyzer(args)
+    vectors = []
+    for path in (args.image_a, args.image_b):
+        faces = analyzer.embed(load_image(path))
+        if not faces:
+            raise ImageError(f"{path}: no face found")
+        vectors.append(max(faces, key=lambda face: face.area).embedding)
+    similarity = float(np.dot(vectors[0], vectors[1]))
+    threshold = analyzer.profile.recognition.match_threshold
+    verdict = "same person" if similarity >= threshold else "different people"
+    if args.json:
+        print(json.dumps({"similarity": round(similarity, 5), "threshold": threshold, "same": similarity >= threshold}))
+    else:
+        print(f"{verdict}: similarity {similarity:.3f} (threshold {threshold})")
+    return 0
+
+
+PORTRAIT = re.compile(r"^(?P<name>.+)_\d+$")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Enroll the portraits named 'Name_123.jpg' among the photos, then identify every face and draw it."""
+    analyzer = _analyzer(args)
+    inputs = list(iter_inputs(args.paths))
+    if not inputs:
+        raise ImageError(f"{', '.join(args.paths)}: no photos found")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch, analyzer.open_gallery(Path(scratch) / "demo.db") as gallery:
+        for name, path in inputs:
+            portrait = PORTRAIT.match(path.stem)
+            if portrait:
+                faces = analyzer.embed(load_image(path))
+                if len(faces) == 1:
+                    gallery.add(portrait["name"], faces[0].embedding[None], [str(path)])
+        people = [person for person, _ in gallery.people()]
+        print(f"enrolled {len(people)} people from their portraits: {', '.join(people) or 'none'}")
+        failed = False
+        for name, path in inputs:
+            try:
+                image = load_image(path)
+                started = time.perf_counter()
+                faces = analyzer.identify(image, gallery)
+                elapsed = (time.perf_counter() - started) * 1000
+            except ImageError as error:
+                failed = True
+                _report_error(name, error, False)
+                continue
+            drawn = args.out / f"{Path(name).stem}.jpg"
+            annotate(image, faces).save(drawn, quality=90)
+            names = ", ".join(sorted(f.identity for f in faces if f.identity != UNKNOWN)) or "none"
+            print(f"{name}: {len(faces)} face(s) in {elapsed:.0f} ms; recognised: {names} -> {drawn}")
+    return 1 if failed else 0
+
+
+def cmd_gallery(args: argparse.Namespace) -> int:
+    """List the enrolled people, or remove one."""
+    analyzer = _analyzer(args)
+    with analyzer.open_gallery(args.gallery) as gallery:
+        if args.action == "remove":
+            removed = gallery.remove(args.name)
+            print(f"removed {args.name} ({removed} embedding(s))")
+        else:
+            for name, count in gallery.people():
+                print(f"{name}\t{count}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """Print the manifest (as JSON, or one line per model)."""
+    manifest = load_manifest()
+    if args.json:
+        print(json.dumps(manifest.to_dict(), indent=1))
+        return 0
+    for key, spec in sorted(manifest.models.items()):
+        shape = "x".join(str(v) for v in spec.input.shape)
+        print(f"{key:28s} {spec.size_bytes / 1024:8.0f} kB  input {shape} {spec.input.dtype}  {spec.file}")
+    return 0
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    """List the hardware profiles."""
+    for name in available_profiles():
+        profile = load_profile(name)
+        det = profile.detector
+        print(f"{name:16s} {det.name} {det.input_size}  {profile.runtime.delegate:8s} {profile.description}")
+    return 0
+
+
+def _face_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--detector", choices=("retinaface", "mtcnn"), help="override the profile's detector")
+    parser.add_argument("--precision", choices=("int8", "float"), help="override the profile's precision")
+    parser.add_argument("--profile", default=DEFAULT_PROFILE, help="hardware profile name or .toml path")
+    parser.add_argument("--input-size", type=int, metavar="N", help="detector input N x N (letterbox)")
+    parser.add_argument("--score-threshold", type=float, metavar="S", help="minimum face score")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image per line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="edgeface", description="Offline face detection and recognition.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("detect", "detect faces"), ("embed", "detect faces and embed them")):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("paths", nargs="+", metavar="PATH", help="image file or folder (recursed)")
+        _face_options(command)
+        command.set_defaults(handler=cmd_faces)
+    identify = sub.add_parser("identify", help="name the faces from a gallery")
+    identify.add_argument("paths", nargs="+", metavar="PATH")
+    identify.add_argument("--gallery", required=True, type=Path, metavar="DB")
+    _face_options(identify)
+    identify.set_defaults(handler=cmd_faces)
+    enroll = sub.add_parser("enroll", help="enroll photos (name_x.jpg files, or one sub-folder per person)")
+    enroll.add_argument("paths", nargs="+", metavar="PATH")
+    enroll.add_argument("--gallery", required=True, type=Path, metavar="DB")
+    enroll.add_argument("--name", help="enroll every photo given as this person")
+    enroll.add_argument("--face", metavar="largest|INDEX", help="which face to take from a photo with several")
+    _face_options(enroll)
+    enroll.set_defaults(handler=cmd_enroll)
+    verify = sub.add_parser("verify", help="are two photos the same person?")
+    verify.add_argument("image_a", type=Path, metavar="IMG_A")
+    verify.add_argument("image_b", type=Path, metavar="IMG_B")
+    _face_options(verify)
+    verify.set_defaults(handler=cmd_verify)
+    demo = sub.add_parser("demo", help="enroll the Name_N portraits among photos, then identify and draw every face")
+    demo.add_argument("paths", nargs="+", metavar="PATH", help="photos or folders")
+    demo.add_argument("--out", type=Path, default=Path("out/demo"), help="annotated copies (default: %(default)s)")
+    _face_options(demo)
+    demo.set_defaults(handler=cmd_demo)
+    gallery = sub.add_parser("gallery", help="list or remove enrolled people")
+    gallery.add_argument("action", choices=("list", "remove"))
+    gallery.add_argument("name", nargs="?", help="person to remove")
+    gallery.add_argument("--gallery", required=True, type=Path, metavar="DB")
+    _face_options(gallery)
+    gallery.set_defaults(handler=cmd_gallery)
+    models = sub.add_parser("models", help="show the converted models (the manifest)")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(handler=cmd_models)
+    profiles = sub.add_parser("profiles", help="list the hardware profiles")
+    profiles.set_defaults(handler=cmd_profiles)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `edgeface` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "gallery" and args.action == "remove" and not args.name:
+        parser.error("gallery remove needs a NAME")
+    try:
+        return args.handler(args)
+    except EdgefaceError as error:
+        print(f"edgeface: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgeface: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""The detector-independent result of face detection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Detections:
+    """N faces in original-image pixels: boxes [x1, y1, x2, y2], scores, and 5 landmarks (x, y) each.
+
+    Landmark order is the ArcFace template's: eye on the image's left, other eye, nose tip,
+    mouth corner on the image's left, other mouth corner.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    landmarks: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)

@@ -1,0 +1,21 @@
+"""The errors edgeface raises for things a user can fix; each message names the file and the problem."""
+
+
+class EdgefaceError(Exception):
+    """Base class: printed as one line by the CLI, never as a traceback."""
+
+
+class ImageError(EdgefaceError):
+    """An input image is missing, empty, corrupt, truncated, not an image, or too large."""
+
+
+class ModelError(EdgefaceError):
+    """A model file or the manifest is missing, corrupt, or does not match what the runtime expects."""
+
+
+class ProfileError(EdgefaceError):
+    """A hardware profile is unknown or has a bad key or value."""
+
+
+class GalleryError(EdgefaceError):
+    """The gallery database is unreadable, from another embedding model, or the request is invalid."""

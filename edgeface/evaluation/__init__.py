@@ -1,0 +1,1 @@
+"""Offline accuracy evaluation (benchmark protocols) for edgeface detectors."""

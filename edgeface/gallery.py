@@ -1,0 +1,213 @@
+"""The SQLite gallery of enrolled people and their embeddings, bound to one embedding model."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from edgeface.errors import GalleryError
+
+SCHEMA_VERSION = 1
+
+UNKNOWN = "unknown"
+"""The name `identify` gives a face below the threshold (so no person may be enrolled under it)."""
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, created REAL);
+CREATE TABLE embeddings (
+    id INTEGER PRIMARY KEY,
+    person_id INTEGER NOT NULL REFERENCES people (id) ON DELETE CASCADE,
+    vector BLOB NOT NULL,
+    source TEXT,
+    created REAL
+);
+CREATE INDEX embeddings_person ON embeddings (person_id);
+"""
+
+
+class Gallery:
+    """Enrolled people in an SQLite file (WAL, one transaction per change), matched by cosine similarity."""
+
+    def __init__(self, path: str | Path, model_sha256: str, embedding_dim: int) -> None:
+        self.path = Path(path)
+        self.dim = int(embedding_dim)
+        self._index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # vectors, group starts, names
+        self._version = -1
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)  # transactions are explicit
+        except sqlite3.Error as error:
+            raise GalleryError(f"{self.path}: cannot open the gallery ({error})") from None
+        try:
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._check_or_create(model_sha256)
+        except sqlite3.Error as error:
+            self._db.close()
+            raise GalleryError(f"{self.path}: not a readable edgeface gallery ({error})") from None
+        except GalleryError:
+            self._db.close()
+            raise
+
+    def _check_or_create(self, model_sha256: str) -> None:
+        empty = "SELECT NOT EXISTS (SELECT 1 FROM sqlite_master)"
+        if self._db.execute(empty).fetchone()[0]:
+            with self._transaction():
+                if self._db.execute(empty).fetchone()[0]:  # still empty: no other process created it meanwhile
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        self._db.execute(statement)
+                    self._db.executemany("INSERT INTO meta VALUES (?, ?)", [
+                        ("schema_version", str(SCHEMA_VERSION)),
+                        ("embedding_model_sha256", model_sha256),
+                        ("embedding_dim", str(self.dim)),
+                    ])
+        try:
+            meta = dict(self._db.execute("SELECT key, value FROM meta"))
+        except sqlite3.OperationalError:
+            raise GalleryError(f"{self.path}: an SQLite database but not an edgeface gallery (no meta table)") from None
+        if meta.get("schema_version") != str(SCHEMA_VERSION):
+            raise GalleryError(f"{self.path}: unknown gallery schema version {meta.get('schema_version')!r} "
+                               f"(this edgeface reads version {SCHEMA_VERSION})")
+        stored = meta.get("embedding_model_sha256", "")
+        if stored != model_sha256:
+            raise GalleryError(f"{self.path}: its embeddings come from another model (gallery {stored[:12]}, "
+                               f"current {model_sha256[:12]}); re-enroll the people into a new gallery")
+        if meta.get("embedding_dim") != str(self.dim):
+            raise GalleryError(f"{self.path}: holds {meta.get('embedding_dim')}-d embeddings, "
+                               f"the model gives {self.dim}-d")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the database (the gallery is unusable afterwards)."""
+        self._db.close()
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def _name(self, name: str) -> str:
+        if not isinstance(name, str) or not name.strip():
+            raise GalleryError(f"{self.path}: a person's name must be a non-empty string, got {name!r}")
+        name = name.strip()
+        if any(unicodedata.category(c) == "Cc" for c in name) or len(name) > 200:
+            raise GalleryError(f"{self.path}: invalid name {name!r} (control characters, or over 200 characters)")
+        return name
+
+    def _vectors(self, values: np.ndarray, what: str) -> np.ndarray:
+        """N x D finite non-zero vectors, L2-normalised, float32."""
+        array = np.asarray(values, dtype=np.float64)
+        if array.ndim != 2 or array.shape[1] != self.dim or len(array) == 0:
+            raise GalleryError(f"{self.path}: {what} must be an N x {self.dim} array, got shape {array.shape}")
+        if not np.isfinite(array).all():
+            raise GalleryError(f"{self.path}: {what} contain NaN or infinite values")
+        norms = np.linalg.norm(array, axis=1, keepdims=True)
+        if (norms < 1e-12).any():
+            raise GalleryError(f"{self.path}: {what} contain an all-zero vector")
+        return (array / norms).astype(np.float32)
+
+    def add(self, name: str, embeddings: np.ndarray, sources: list[str] | None = None) -> int:
+        """Enroll N x D embeddings for `name` (created if new) in one transaction; returns the person's new total."""
+        name = self._name(name)
+        if name == UNKNOWN:
+            raise GalleryError(f"{self.path}: '{UNKNOWN}' is reserved for faces nobody matches")
+        vectors = self._vectors(embeddings, "embeddings")
+        sources = [None] * len(vectors) if sources is None else list(sources)
+        if len(sources) != len(vectors):
+            raise GalleryError(f"{self.path}: {len(sources)} sources for {len(vectors)} embeddings")
+        now = time.time()
+        with self._transaction():
+            self._db.execute("INSERT OR IGNORE INTO people (name, created) VALUES (?, ?)", (name, now))
+            (person,) = self._db.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
+            self._db.executemany(
+                "INSERT INTO embeddings (person_id, vector, source, created) VALUES (?, ?, ?, ?)",
+                [(person, vector.tobytes(), source, now) for vector, source in zip(vectors, sources)],
+            )
+            (total,) = self._db.execute("SELECT COUNT(*) FROM embeddings WHERE person_id = ?", (person,)).fetchone()
+        self._index = None
+        return total
+
+    def people(self) -> list[tuple[str, int]]:
+        """(name, number of embeddings) of everyone enrolled, sorted by name."""
+        return self._db.execute(
+            "SELECT p.name, COUNT(e.id) FROM people p LEFT JOIN embeddings e ON e.person_id = p.id "
+            "GROUP BY p.id ORDER BY p.name"
+        ).fetchall()
+
+    def remove(self, name: str) -> int:
+        """Delete a person and their embeddings; returns how many embeddings went."""
+        name = self._name(name)
+        with self._transaction():
+            row = self._db.execute(
+                "SELECT COUNT(e.id) FROM people p LEFT JOIN embeddings e ON e.person_id = p.id "
+                "WHERE p.name = ? GROUP BY p.id", (name,)
+            ).fetchone()
+            if row is None:
+                raise GalleryError(f"{self.path}: nobody named {name!r} is enrolled")
+            self._db.execute("DELETE FROM people WHERE name = ?", (name,))
+        self._index = None
+        return row[0]
+
+    def _load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The cached (E x D vectors sorted by person, first row of each person, person names);
+        reloaded after our own changes or when another connection has committed."""
+        (version,) = self._db.execute("PRAGMA data_version").fetchone()
+        if self._index is None or version != self._version:
+            rows = self._db.execute(
+                "SELECT e.person_id, p.name, e.vector FROM embeddings e JOIN people p ON p.id = e.person_id "
+                "ORDER BY e.person_id"
+            ).fetchall()
+            vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
+            persons = np.array([r[0] for r in rows], dtype=np.int64)
+            starts = np.flatnonzero(np.diff(persons, prepend=-1))
+            names = np.array([rows[i][1] for i in starts], dtype=object)
+            self._index, self._version = (vectors, starts, names), version
+        return self._index
+
+    def match(self, queries: np.ndarray, top_k: int = 1) -> list[list[tuple[str, float]]]:
+        """For each of the Q x D queries, the top_k (name, cosine similarity) people, best first; a person
+        scores the best of their embeddings. An empty gallery gives empty lists."""
+        queries = self._vectors(queries, "queries")
+        if top_k < 1:
+            raise GalleryError(f"{self.path}: top_k must be at least 1, got {top_k}")
+        vectors, starts, names = self._load()
+        if len(names) == 0:
+            return [[] for _ in queries]
+        scores = queries @ vectors.T
+        if len(starts) < len(vectors):
+            scores = np.maximum.reduceat(scores, starts, axis=1)
+        k = min(top_k, len(names))
+        if k < len(names):
+            candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        else:
+            candidates = np.broadcast_to(np.arange(k), scores.shape)
+        top = np.take_along_axis(scores, candidates, axis=1)
+        order = np.argsort(-top, axis=1, kind="stable")
+        best, top = np.take_along_axis(candidates, order, axis=1), np.take_along_axis(top, order, axis=1)
+        return [[(names[j], float(s)) for j, s in zip(row_best, row_top)] for row_best, row_top in zip(best, top)]
+
+    def identify(self, queries: np.ndarray, threshold: float) -> list[tuple[str, float]]:
+        """The best (name, similarity) per query, named 'unknown' below `threshold` (or, with an empty gallery,
+        'unknown' at -1.0, the lowest cosine)."""
+        answers = []
+        for top in self.match(queries, 1):
+            name, similarity = top[0] if top else (UNKNOWN, -1.0)
+            answers.append((name if similarity >= threshold else UNKNOWN, similarity))
+        return answers

@@ -1,0 +1,37 @@
+"""Static checks of a `.tflite` file: which ops it uses and whether it is full-integer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeface.interpreter import make_interpreter
+
+INTEGER_DTYPES = (np.int8, np.uint8, np.int16, np.int32, np.int64, np.bool_)
+FLOAT_ONLY_OPS = {"DEQUANTIZE", "QUANTIZE_FLOAT", "CUSTOM", "FLEX", "DELEGATE"}
+
+
+def model_ops(path: Path) -> list[str]:
+    """The builtin op names of a model, in graph order (no delegate applied)."""
+    interpreter = make_interpreter(path, threads=1, delegate="none")
+    return [op["op_name"] for op in interpreter._get_ops_details()]
+
+
+def float_leftovers(path: Path) -> list[str]:
+    """Everything that keeps a model from being full-integer: float tensors, float I/O, float-only ops.
+
+    An empty list means int8 weights and activations, integer input and output, and no float op left.
+    """
+    interpreter = make_interpreter(path, threads=1, delegate="none")
+    problems = [
+        f"tensor '{t['name']}' is {np.dtype(t['dtype']).name}"
+        for t in interpreter.get_tensor_details()
+        if not np.issubdtype(t["dtype"], np.integer) and t["dtype"] not in INTEGER_DTYPES
+    ]
+    problems += [f"op {op['op_name']} #{op['index']}" for op in interpreter._get_ops_details()
+                 if op["op_name"] in FLOAT_ONLY_OPS]
+    for kind, details in (("input", interpreter.get_input_details()), ("output", interpreter.get_output_details())):
+        problems += [f"{kind} '{d['name']}' is {np.dtype(d['dtype']).name}" for d in details
+                     if d["dtype"] not in (np.int8, np.uint8)]
+    return problems

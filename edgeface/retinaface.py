@@ -1,0 +1,71 @@
+"""RetinaFace: letterbox, one invoke, prior decoding of boxes and 5 landmarks, score threshold, NMS."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeface.detection import Detections
+from edgeface.images import letterbox
+from edgeface.interpreter import TFLiteModel
+from edgeface.nms import nms
+
+
+class RetinaFace:
+    """Face detector over one RetinaFace model of the manifest (int8 or float)."""
+
+    def __init__(self, model: TFLiteModel) -> None:
+        self.model = model
+        _, self.height, self.width, _ = model.spec.input.shape
+        self.fill = tuple(model.spec.preprocessing["letterbox_fill"])
+        decoder = model.spec.decoder
+        self.variances = tuple(decoder["variances"])
+        self.levels = [
+            (step, self._priors(step, sizes)) for step, sizes in zip(decoder["steps"], decoder["min_sizes"])
+        ]
+
+    def _priors(self, step: int, sizes: list[int]) -> np.ndarray:
+        """Prior (cx, cy, size) in input pixels, ordered by cell row, cell column, then size."""
+        rows, cols = -(-self.height // step), -(-self.width // step)
+        ys, xs = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+        centers = (np.stack([xs.ravel(), ys.ravel()], axis=1) + 0.5) * step
+        centers = np.repeat(centers, len(sizes), axis=0)
+        scales = np.tile(np.asarray(sizes, dtype=np.float64), rows * cols)
+        return np.column_stack([centers, scales])
+
+    def detect(self, image: np.ndarray, score_threshold: float, nms_iou: float,
+               max_faces: int | None = None) -> Detections:
+        """Faces in an H x W x 3 uint8 RGB image, in original-image pixels."""
+        boxed, mapping = letterbox(image, self.width, self.height, self.fill)
+        outputs = self.model.run(boxed[None])
+        logit_threshold = np.log(score_threshold / (1.0 - score_threshold))
+        picked_logits, picked_loc, picked_landmarks, picked_priors = [], [], [], []
+        for step, priors in self.levels:
+            logits = outputs[f"conf_s{step}"].reshape(-1)
+            keep = np.flatnonzero(logits > logit_threshold)
+            picked_logits.append(logits[keep])
+            picked_loc.append(outputs[f"loc_s{step}"].reshape(-1, 4)[keep])
+            picked_landmarks.append(outputs[f"landmarks_s{step}"].reshape(-1, 10)[keep])
+            picked_priors.append(priors[keep])
+        scores = 1.0 / (1.0 + np.exp(-np.concatenate(picked_logits).astype(np.float64)))
+        boxes, landmarks = decode(
+            np.concatenate(picked_loc), np.concatenate(picked_landmarks), np.concatenate(picked_priors),
+            self.variances,
+        )
+        keep = nms(boxes, scores, nms_iou, max_keep=max_faces)
+        return Detections(
+            boxes=mapping.to_original(boxes[keep]),
+            scores=scores[keep],
+            landmarks=mapping.to_original(landmarks[keep].reshape(-1, 10)).reshape(-1, 5, 2),
+        )
+
+
+def decode(loc: np.ndarray, landmarks: np.ndarray, priors: np.ndarray,
+           variances: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes [x1, y1, x2, y2] and landmarks (N x 10, x/y interleaved) from regressions and priors (cx, cy, s)."""
+    loc = loc.astype(np.float64)
+    centers, sizes = priors[:, :2], priors[:, 2:3]
+    box_centers = centers + loc[:, :2] * variances[0] * sizes
+    box_sizes = sizes * np.exp(loc[:, 2:] * variances[1])
+    boxes = np.concatenate([box_centers - box_sizes / 2, box_centers + box_sizes / 2], axis=1)
+    points = np.tile(centers, 5) + landmarks.astype(np.float64) * variances[0] * np.tile(sizes, 10)
+    return boxes, points
