@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EDGEFACE_HOME ?= $(HOME)/.cache/edgeface
+export EDGEFACE_HOME ?= $(HOME)/.cache/edgeface
 export EDGEFACE_MODELS ?= $(EDGEFACE_HOME)/models
 PROFILE ?= x86
 

@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 
 from convert import ConvertError
-from edgeface.manifest import models_dir
+from edgeface.manifest import edgeface_home, models_dir
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convert", description=__doc__)
     parser.add_argument("--out", type=Path, default=models_dir(), help="model folder (default: %(default)s)")
-    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "edgeface",
+    parser.add_argument("--cache", type=Path, default=edgeface_home(),
                         help="downloads and work files (default: %(default)s)")
     parser.add_argument("--only", nargs="+", metavar="KEY", help="build only these model keys, e.g. retinaface-640")
     args = parser.parse_args(argv)

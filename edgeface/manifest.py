@@ -19,12 +19,16 @@ MANIFEST_NAME = "manifest.json"
 PRECISIONS = ("int8", "float")
 
 
+def edgeface_home() -> Path:
+    """edgeface's cache folder (source packages, sample photos, models): $EDGEFACE_HOME, else ~/.cache/edgeface."""
+    configured = os.environ.get("EDGEFACE_HOME")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "edgeface"
+
+
 def models_dir() -> Path:
-    """Where the converted models live: $EDGEFACE_MODELS, else ~/.cache/edgeface/models."""
+    """Where the converted models live: $EDGEFACE_MODELS, else models/ in `edgeface_home()`."""
     configured = os.environ.get("EDGEFACE_MODELS")
-    if configured:
-        return Path(configured).expanduser()
-    return Path.home() / ".cache" / "edgeface" / "models"
+    return Path(configured).expanduser() if configured else edgeface_home() / "models"
 
 
 @dataclass(frozen=True)
