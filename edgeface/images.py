@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,13 +40,16 @@ def load_image(path: str | Path) -> np.ndarray:
     try:
         if path.stat().st_size == 0:
             raise ImageError(f"{path}: empty file")
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise ImageError(f"{path}: {width}x{height} is too large (limit {MAX_PIXELS} pixels)")
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-            return to_rgb(upright)
+        with warnings.catch_warnings():
+            # MAX_PIXELS is the limit: Pillow's own bomb warning (above ~89 Mpx) would only add stderr noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise ImageError(f"{path}: {width}x{height} is too large (limit {MAX_PIXELS} pixels)")
+                image.load()
+                upright = ImageOps.exif_transpose(image)
+                return to_rgb(upright)
     except ImageError:
         raise
     except FileNotFoundError:

@@ -1,0 +1,89 @@
+"""`make models` plumbing: bad sources, converter versions, unwritable folders, atomic and incremental builds."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnx2tf")
+from convert import ConvertError, build, sources  # noqa: E402
+from convert.tflite import atomic_write  # noqa: E402
+from edgeface.manifest import Manifest, edgeface_home  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _convert(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "convert", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=900)
+
+
+def test_checksum_mismatch_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / sources.FACENET_PYTORCH.filename).write_bytes(b"not the wheel")
+    with pytest.raises(ConvertError, match=f"{sources.FACENET_PYTORCH.filename}: sha256 .* does not match"):
+        sources.fetch(sources.FACENET_PYTORCH, tmp_path)
+
+
+def test_corrupt_and_incomplete_archives(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.whl"
+    broken.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ConvertError, match="broken.whl: corrupt archive"):
+        sources.read_member(broken, "facenet_pytorch/data/pnet.pt")
+    empty = tmp_path / "empty.whl"
+    with zipfile.ZipFile(empty, "w") as wheel:
+        wheel.writestr("other.txt", "x")
+    with pytest.raises(ConvertError, match="empty.whl: has no member facenet_pytorch/data/pnet.pt"):
+        sources.read_member(empty, "facenet_pytorch/data/pnet.pt")
+
+
+def test_unsupported_converter_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = build.metadata.version
+    monkeypatch.setattr(build.metadata, "version", lambda name: "9.9.9" if name == "onnx2tf" else real(name))
+    with pytest.raises(ConvertError, match=r"onnx2tf 9\.9\.9 is installed.*onnx2tf==1\.29\.24.*make install"):
+        build.converter_versions()
+
+
+def test_unwritable_output_folder_is_one_clear_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    result = _convert("--out", str(blocker / "models"), "--cache", str(tmp_path / "cache"))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"convert: error: {blocker / 'models'}: cannot write models here (Not a directory); "
+        "choose another folder or fix its permissions"]
+
+
+def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "model.tflite"
+    atomic_write(target, b"old")
+
+    def crash(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, b"new and half written")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.tflite"]
+
+
+def test_rebuilds_only_what_changed(manifest: Manifest, tmp_path: Path) -> None:
+    """A copy of the built PNet is reused as is; once its file is tampered with, it is rebuilt identically."""
+    out = tmp_path / "models"
+    out.mkdir()
+    for name in (".pnet.stamp.json", "pnet.float.tflite", "pnet.int8.tflite"):
+        shutil.copy(manifest.root / name, out / name)
+    cache = ["--cache", str(edgeface_home())]
+    reused = _convert("--out", str(out), "--only", "pnet", *cache)
+    assert "pnet: up to date" in reused.stderr, reused.stderr[-2000:]
+    original = (out / "pnet.int8.tflite").read_bytes()
+    (out / "pnet.int8.tflite").write_bytes(original[:-10])
+    rebuilt = _convert("--out", str(out), "--only", "pnet", *cache)
+    assert "pnet: onnx2tf" in rebuilt.stderr, rebuilt.stderr[-2000:]
+    assert (out / "pnet.int8.tflite").read_bytes() == original
