@@ -78,27 +78,20 @@ class FaceAnalyzer:
             raise ModelError(f"score threshold must be between 0 and 1, got {self.score_threshold}")
         self.manifest: Manifest = load_manifest(models)
 
-    def _model(self, spec: ModelSpec, input_shape: tuple[int, ...] | None = None) -> TFLiteModel:
+    def _model(self, spec: ModelSpec) -> TFLiteModel:
         runtime = self.profile.runtime
-        model = TFLiteModel(self.manifest, spec, threads=runtime.threads, delegate=runtime.delegate)
-        if input_shape is not None and input_shape != model.input_shape:
-            try:
-                model.run(np.zeros(input_shape, np.uint8))
-            except (ValueError, RuntimeError) as error:
-                raise ModelError(f"{model.path}: cannot run at input {input_shape[1:3]} ({error})") from None
-        return model
+        return TFLiteModel(self.manifest, spec, threads=runtime.threads, delegate=runtime.delegate)
 
     @cached_property
     def _detector(self) -> RetinaFace | Mtcnn:
         if self.detector_name == "retinaface":
-            size = self.input_size
-            key = model_key("retinaface", size)
-            if f"{key}.{self.precision}" in self.manifest.models:
-                return RetinaFace(self._model(self.manifest.get(key, self.precision)))
-            if size % 32:
-                raise ModelError(f"RetinaFace input size {size}: must be a multiple of 32 or a built size")
-            base = self.manifest.get(model_key("retinaface", 640), self.precision)
-            return RetinaFace(self._model(base, (1, size, size, 3)))
+            key = model_key("retinaface", self.input_size)
+            if f"{key}.{self.precision}" not in self.manifest.models:
+                built = sorted(int(spec.key.split("-")[1]) for spec in self.manifest.models.values()
+                               if spec.family == "retinaface" and spec.precision == self.precision)
+                raise ModelError(f"RetinaFace input size {self.input_size}: no such model; built sizes are "
+                                 f"{', '.join(map(str, built)) or 'none'} (run 'make models')")
+            return RetinaFace(self._model(self.manifest.get(key, self.precision)))
         if self.detector_name == "mtcnn":
             cfg = self.profile.mtcnn
             if self.input_size % 2:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tempfile
@@ -15,7 +16,7 @@ import numpy as np
 
 from edgeface.analyzer import Face, FaceAnalyzer
 from edgeface.draw import annotate
-from edgeface.errors import EdgefaceError, ImageError
+from edgeface.errors import EdgefaceError, GalleryError, ImageError
 from edgeface.gallery import UNKNOWN
 from edgeface.images import load_image
 from edgeface.manifest import load_manifest
@@ -81,10 +82,17 @@ def _print_faces(name: str, image: np.ndarray, faces: list[Face], as_json: bool)
         print(f"  box [{box}] score {face.score:.3f}{who}")
 
 
+def _existing_gallery(path: Path) -> Path:
+    """`path`, or a GalleryError if no gallery is there (only `enroll` creates one)."""
+    if not path.is_file():
+        raise GalleryError(f"{path}: no such gallery (create it with 'edgeface enroll')")
+    return path
+
+
 def cmd_faces(args: argparse.Namespace) -> int:
     """detect / embed / identify over images and folders."""
     analyzer = _analyzer(args)
-    gallery = analyzer.open_gallery(args.gallery) if args.command == "identify" else None
+    gallery = analyzer.open_gallery(_existing_gallery(args.gallery)) if args.command == "identify" else None
     inputs = list(iter_inputs(args.paths))
     progress = Progress(len(inputs))
     failed = False
@@ -213,7 +221,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_gallery(args: argparse.Namespace) -> int:
     """List the enrolled people, or remove one."""
     analyzer = _analyzer(args)
-    with analyzer.open_gallery(args.gallery) as gallery:
+    with analyzer.open_gallery(_existing_gallery(args.gallery)) as gallery:
         if args.action == "remove":
             removed = gallery.remove(args.name)
             print(f"removed {args.name} ({removed} embedding(s))")
@@ -244,11 +252,22 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _face_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector", choices=("retinaface", "mtcnn"), help="override the profile's detector")
     parser.add_argument("--precision", choices=("int8", "float"), help="override the profile's precision")
     parser.add_argument("--profile", default=DEFAULT_PROFILE, help="hardware profile name or .toml path")
-    parser.add_argument("--input-size", type=int, metavar="N", help="detector input N x N (letterbox)")
+    parser.add_argument("--input-size", type=_positive_int, metavar="N", help="detector input N x N (letterbox)")
     parser.add_argument("--score-threshold", type=float, metavar="S", help="minimum face score")
     parser.add_argument("--json", action="store_true", help="one JSON object per image per line")
 
@@ -312,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgeface: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout's reader went away (`| head`): stop quietly, no flush error at exit
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
 
 
 if __name__ == "__main__":

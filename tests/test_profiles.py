@@ -29,7 +29,7 @@ threads = 4
 delegate = "xnnpack"
 precision = "int8"
 [recognition]
-match_threshold = 0.35
+match_threshold = 0.5
 top_k = 1
 [camera]
 width = 1280
@@ -68,7 +68,7 @@ def test_shipped_profiles_all_load() -> None:
         assert profile.path == PROFILE_DIR / f"{name}.toml"
         assert profile.detector.input_size in (320, 640)
         assert profile.mtcnn.thresholds == (0.6, 0.7, 0.7)
-        assert profile.recognition.match_threshold == 0.35
+        assert profile.recognition.match_threshold == 0.5
         assert profile.expected is None
 
 
