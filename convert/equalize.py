@@ -1,109 +1,180 @@
-"""Cross-layer equalisation of an ONNX graph before int8 calibration (exact in float).
+"""Activation equalization: per-channel rescaling that is exact in float and evens out int8 activation ranges.
 
-int8 activations have one scale per tensor. When a convolution's output channels span very different
-ranges (BatchNorm folding makes this common in MobileNet-style networks), the small channels drown in
-the rounding noise set by the large ones, and a following depthwise filter with large weights amplifies
-that noise. For a convolution A whose output reaches exactly one convolution B, directly or through a
-positively homogeneous per-channel activation (PRelu, LeakyRelu, Relu: f(s x) = s f(x) for s > 0),
-dividing A's output channel c by s_c and multiplying B's input channel c by s_c changes nothing in float.
-With s_c = sqrt(r_A[c] / r_B[c]) (r: the largest absolute weight of that channel in A and in B), both
-weight ranges become sqrt(r_A r_B) and the activation channels come out far more even (Nagel et al.,
-"Data-Free Quantization Through Weight Equalization and Bias Correction", ICCV 2019). Sweeps repeat
-until the scales settle.
+Int8 activations have one scale per tensor, so a channel whose values span a small part of the tensor's range keeps
+only a few levels. Where a channel space is written only by convolutions and read only by convolutions, with
+channel-wise positively homogeneous ops in between (PRelu, LeakyRelu, Relu, Resize, Add, a channel Concat of
+convolutions), multiplying channel i by s_i at the writers (weights and bias) and dividing the readers' input
+channel i by s_i leaves the float network unchanged. a_i is the channel's activation range (measured on the
+calibration inputs, relative to its tensor's range) and w_i the readers' relative weight range for that input
+channel. Scaling the writers' output channels is free with per-channel weight quantization, and so is scaling
+a depthwise reader's channels: when every reader is depthwise, s_i = 1 / a_i evens the activations out fully.
+Otherwise, as in Nagel et al. 2019 (data-free quantization, there for weight ranges), s_i = sqrt(w_i / a_i) meets
+in the middle between the activation and the readers' weight ranges.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
-HOMOGENEOUS = ("PRelu", "LeakyRelu", "Relu")
-SWEEPS = 20
-MIN_RANGE = 1e-8
+from convert import ConvertError
 
-
-@dataclass(frozen=True)
-class _Pair:
-    """Convolution A feeding convolution B (group 1 or depthwise) through at most one homogeneous activation."""
-
-    first: onnx.NodeProto
-    second: onnx.NodeProto
+PASS_THROUGH = ("PRelu", "LeakyRelu", "Relu", "Resize", "Add")
+MAX_SCALE = 64.0  # bound on s_i (after centring their geometric mean on 1), for near-dead channels
 
 
 def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
-    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+    """An integer attribute of `node`, or `default`."""
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
-def _pairs(graph: onnx.GraphProto, weights: dict[str, np.ndarray]) -> list[_Pair]:
-    consumers: dict[str, list[onnx.NodeProto]] = {}
+def _depthwise(conv: onnx.NodeProto) -> bool:
+    """True for a grouped convolution (RetinaFace's are all depthwise)."""
+    return _attribute(conv, "group", 1) > 1
+
+
+@dataclass
+class Group:
+    """Tensors whose channels scale together, the convolutions that write them (with channel offsets) and read them."""
+
+    tensors: list[str]
+    producers: list[tuple[onnx.NodeProto, int]]
+    consumers: list[onnx.NodeProto]
+
+
+def _groups(graph: onnx.GraphProto) -> list[Group]:
+    """The equalizable channel spaces of the graph.
+
+    A space is a set of tensors joined by channel-wise homogeneous ops (PASS_THROUGH), written only
+    by convolutions (directly or through a channel Concat of convolutions read by nothing else) and read only by
+    convolutions or those ops; graph outputs are excluded.
+    """
+    producer = {output: node for node in graph.node for output in node.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs = {o.name for o in graph.output}
-    uses = {name: len(nodes) for name, nodes in consumers.items()}
+            readers.setdefault(name, []).append(node)
+    outputs = {output.name for output in graph.output}
+    inits = {init.name: init for init in graph.initializer}
 
-    def only_user(tensor: str) -> onnx.NodeProto | None:
-        users = consumers.get(tensor, [])
-        return users[0] if len(users) == 1 and tensor not in outputs else None
+    def data_inputs(node: onnx.NodeProto) -> list[str]:
+        return list(node.input) if node.op_type == "Add" else [node.input[0]]
 
-    pairs = []
+    def concat_parts(node: onnx.NodeProto) -> list[tuple[onnx.NodeProto, int]] | None:
+        parts, offset = [], 0
+        for part in node.input:
+            source = producer.get(part)
+            if source is None or source.op_type != "Conv" or part in outputs or len(readers[part]) != 1:
+                return None
+            parts.append((source, offset))
+            offset += inits[source.input[1]].dims[0]
+        return parts
+
+    def explore(seed: str) -> tuple[list[str], Group | None]:
+        tensors, queue, valid = [seed], [seed], True
+        producers: list[tuple[onnx.NodeProto, int]] = []
+        consumers: list[onnx.NodeProto] = []
+        while queue:
+            name = queue.pop()
+            linked: list[str] = []
+            node = producer.get(name)
+            if name in outputs or node is None:
+                valid = False
+            elif node.op_type == "Conv":
+                producers.append((node, 0))
+            elif node.op_type == "Concat" and _attribute(node, "axis", 0) == 1 and (parts := concat_parts(node)):
+                producers.extend(parts)
+            elif node.op_type in PASS_THROUGH:
+                linked.extend(data_inputs(node))
+            else:
+                valid = False
+            for reader in readers.get(name, []):
+                if reader.op_type == "Conv" and reader.input[0] == name:
+                    consumers.append(reader)
+                elif reader.op_type in PASS_THROUGH and name in data_inputs(reader):
+                    linked.extend([*data_inputs(reader), reader.output[0]])
+                else:
+                    valid = False
+            for other in linked:
+                if other not in tensors:
+                    tensors.append(other)
+                    queue.append(other)
+        group = Group(tensors, producers, consumers) if valid and consumers else None
+        return tensors, group
+
+    seen: set[str] = set()
+    groups = []
     for node in graph.node:
-        if node.op_type != "Conv" or any(uses.get(name, 0) != 1 for name in node.input[1:]):
-            continue
-        if not all(name in weights for name in node.input[1:]):
-            continue
-        user = only_user(node.output[0])
-        if user is not None and user.op_type in HOMOGENEOUS and user.input[0] == node.output[0]:
-            user = only_user(user.output[0])
-        if user is None or user.op_type != "Conv" or user.input[1] not in weights or uses[user.input[1]] != 1:
-            continue
-        channels = weights[node.input[1]].shape[0]
-        group = _attribute(user, "group", 1)
-        if group == 1 or (group == channels and weights[user.input[1]].shape[1] == 1):
-            pairs.append(_Pair(node, user))
-    return pairs
+        if node.op_type == "Conv" and node.input[0] not in seen:
+            tensors, group = explore(node.input[0])
+            seen.update(tensors)
+            if group is not None:
+                groups.append(group)
+    return groups
 
 
-def _input_channel_view(weight: np.ndarray, group: int, channels: int) -> np.ndarray:
-    """B's weights as [input channel, ...]: group 1 is [O, I, kh, kw]; depthwise is [I * m, 1, kh, kw]."""
+def _relative_weight_range(consumer: onnx.NodeProto, weights: np.ndarray) -> np.ndarray:
+    """Per input channel: max |w| relative to each output channel's max |w| (1 for depthwise, which is per channel)."""
+    group = _attribute(consumer, "group", 1)
     if group == 1:
-        return np.moveaxis(weight, 1, 0)
-    return weight.reshape(channels, -1)
+        row_max = np.abs(weights).reshape(weights.shape[0], -1).max(axis=1)
+        relative = np.abs(weights).max(axis=(2, 3)) / np.maximum(row_max, 1e-12)[:, None]
+        return relative.max(axis=0)
+    if group == weights.shape[0] and weights.shape[1] == 1:
+        return np.ones(weights.shape[0], np.float32)
+    raise ConvertError(f"{consumer.name}: grouped convolution (group={group}) is not supported by equalization")
 
 
-def equalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """A copy of `model` with every eligible convolution pair equalised; returns it and the number of pairs."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+def equalize(model: onnx.ModelProto, ranges: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """Rescale the channels of every equalizable space of `model` in place (and return it).
+
+    `ranges` maps tensor name -> per-channel max |value| on the calibration inputs (`channel_ranges`).
+    """
     graph = model.graph
-    weights = {init.name: numpy_helper.to_array(init).astype(np.float64) for init in graph.initializer}
-    pairs = _pairs(graph, weights)
-    for _ in range(SWEEPS):
-        largest_change = 0.0
-        for pair in pairs:
-            w_a = weights[pair.first.input[1]]
-            channels = w_a.shape[0]
-            group = _attribute(pair.second, "group", 1)
-            w_b = _input_channel_view(weights[pair.second.input[1]], group, channels)
-            range_a = np.abs(w_a).reshape(channels, -1).max(axis=1)
-            range_b = np.abs(w_b).reshape(channels, -1).max(axis=1)
-            valid = (range_a > MIN_RANGE) & (range_b > MIN_RANGE)
-            scale = np.ones(channels)
-            scale[valid] = np.sqrt(range_a[valid] / range_b[valid])
-            shape_a = (channels,) + (1,) * (w_a.ndim - 1)
-            weights[pair.first.input[1]] = w_a / scale.reshape(shape_a)
-            if len(pair.first.input) > 2:
-                weights[pair.first.input[2]] = weights[pair.first.input[2]] / scale
-            b = w_b * scale.reshape((channels,) + (1,) * (w_b.ndim - 1))
-            original = weights[pair.second.input[1]]
-            weights[pair.second.input[1]] = np.moveaxis(b, 0, 1) if group == 1 else b.reshape(original.shape)
-            largest_change = max(largest_change, float(np.abs(np.log(scale)).max()))
-        if largest_change < 1e-3:
-            break
-    for init in graph.initializer:
-        if init.name in weights:
-            original = numpy_helper.to_array(init)
-            init.CopyFrom(numpy_helper.from_array(weights[init.name].astype(original.dtype), init.name))
-    return model, len(pairs)
+    inits = {init.name: init for init in graph.initializer}
+    arrays = {name: numpy_helper.to_array(inits[name]).astype(np.float32)
+              for node in graph.node if node.op_type == "Conv" for name in node.input[1:]}
+    for group in _groups(graph):
+        activation = np.max([ranges[name] / max(ranges[name].max(), 1e-12) for name in group.tensors], axis=0)
+        activation = np.maximum(activation, 1e-6)
+        weight = np.max([_relative_weight_range(c, arrays[c.input[1]]) for c in group.consumers], axis=0)
+        if all(_depthwise(c) for c in group.consumers):
+            scale = 1 / activation  # per-channel weights: evening the activations out fully costs nothing
+        else:
+            scale = np.sqrt(weight / activation)
+        scale = np.clip(scale / np.exp(np.log(scale).mean()), 1 / MAX_SCALE, MAX_SCALE).astype(np.float32)
+        for conv, offset in group.producers:
+            part = scale[offset:offset + arrays[conv.input[1]].shape[0]]
+            arrays[conv.input[1]] *= part[:, None, None, None]
+            if len(conv.input) > 2:
+                arrays[conv.input[2]] *= part
+        for conv in group.consumers:
+            shape = (-1, 1, 1, 1) if _depthwise(conv) else (1, -1, 1, 1)
+            arrays[conv.input[1]] /= scale.reshape(shape)
+    for name, array in arrays.items():
+        inits[name].CopyFrom(numpy_helper.from_array(array, name))
+    return model
+
+
+def channel_ranges(model: onnx.ModelProto, samples: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-channel max |value| of every equalizable tensor over `samples` (NHWC float batches of 1), by onnxruntime."""
+    import onnxruntime
+
+    names = [name for group in _groups(model.graph) for name in group.tensors]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in names)
+    session = onnxruntime.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    ranges = {name: np.zeros(0, np.float32) for name in names}
+    for sample in samples:
+        values = session.run(names, {input_name: sample.transpose(0, 3, 1, 2).astype(np.float32)})
+        for name, value in zip(names, values):
+            peak = np.abs(value).max(axis=(0, 2, 3))
+            ranges[name] = peak if ranges[name].size == 0 else np.maximum(ranges[name], peak)
+    return ranges

@@ -4,6 +4,7 @@ The int8 step runs the TFLite converter on onnx2tf's SavedModel with the same se
 `-oiqt` full-integer variant (per-channel weights, int8 input and output), but restricted to
 TFLITE_BUILTINS_INT8 so a float op can never slip in, and without the four extra variants `-oiqt` also
 calibrates (dynamic range, float16, int8 with float I/O, 16x8): a third of the time for the model we ship.
+Optionally the activation ranges are quantiles instead of min/max (`full_integer(clip_quantile=...)`).
 """
 
 from __future__ import annotations
@@ -74,8 +75,15 @@ def run_onnx2tf(onnx_path: Path, work: Path, sample_images: np.ndarray) -> tuple
     return out, float_model
 
 
-def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]]) -> bytes:
-    """Full-integer int8 TFLite from a SavedModel, calibrated on `samples()` (real-valued NHWC batches of 1)."""
+def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
+                 clip_quantile: float | None = None) -> bytes:
+    """Full-integer int8 TFLite from a SavedModel, calibrated on `samples()` (real-valued NHWC batches of 1).
+
+    By default each activation's int8 range is its min/max over the samples. With `clip_quantile` (e.g. 0.99999),
+    every intermediate activation spans instead the widest per-sample `clip_quantile` / `1 - clip_quantile`
+    quantiles: rare outliers, often twice the bulk's extent, are clipped and the bulk gets finer steps. The model's
+    input and outputs keep their full range.
+    """
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
@@ -84,7 +92,46 @@ def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]])
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
     converter.representative_dataset = lambda: ([sample.astype(np.float32)] for sample in samples())
+    converter._experimental_calibrate_only = clip_quantile is not None  # float model + recorded ranges, requantized
     try:
-        return converter.convert()
+        converted = converter.convert()
+        return converted if clip_quantile is None else _requantize_clipped(converted, samples, clip_quantile)
     except Exception as error:  # the converter raises bare Exceptions and ConverterErrors alike
         raise ConvertError(f"{saved_model}: int8 calibration failed: {str(error).splitlines()[0]}") from None
+
+
+def _requantize_clipped(calibrated: bytes, samples: Callable[[], Iterator[np.ndarray]], quantile: float) -> bytes:
+    """Quantize a calibrated float model (min/max recorded per tensor) after narrowing every intermediate range
+    to the lowest per-sample `1 - quantile` and highest per-sample `quantile` quantile of the float values.
+
+    Uses TF's own calibrate-then-quantize split (`_experimental_calibrate_only`, `mlir_quantize`), which the
+    converter version in the build key pins.
+    """
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+    from tensorflow.lite.python.convert import mlir_quantize
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(calibrated)
+    graph = model.subgraphs[0]
+    ends = {*graph.inputs, *graph.outputs}
+    ranged = [index for index, tensor in enumerate(graph.tensors) if index not in ends
+              and tensor.quantization is not None and tensor.quantization.min is not None
+              and len(tensor.quantization.min) == 1]
+    interpreter = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True, num_threads=2)
+    interpreter.allocate_tensors()
+    low = {index: np.inf for index in ranged}
+    high = {index: -np.inf for index in ranged}
+    for sample in samples():
+        interpreter.set_tensor(graph.inputs[0], sample.astype(np.float32))
+        interpreter.invoke()
+        for index in ranged:
+            values = interpreter.get_tensor(index).ravel()
+            ranks = [int((1 - quantile) * (values.size - 1)), int(quantile * (values.size - 1))]
+            sample_low, sample_high = np.partition(values, ranks)[ranks]
+            low[index], high[index] = min(low[index], sample_low), max(high[index], sample_high)
+    for index in ranged:
+        graph.tensors[index].quantization.min = [min(float(low[index]), 0.0)]
+        graph.tensors[index].quantization.max = [max(float(high[index]), 0.0)]
+    edited = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return mlir_quantize(edited, fully_quantize=True, input_data_type=tf.int8, output_data_type=tf.int8)
