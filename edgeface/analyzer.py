@@ -83,7 +83,8 @@ class FaceAnalyzer:
         return TFLiteModel(self.manifest, spec, threads=runtime.threads, delegate=runtime.delegate)
 
     @cached_property
-    def _detector(self) -> RetinaFace | Mtcnn:
+    def detector(self) -> RetinaFace | Mtcnn:
+        """The RetinaFace or MTCNN detector at this analyzer's precision and input size (loaded on first use)."""
         if self.detector_name == "retinaface":
             key = model_key("retinaface", self.input_size)
             if f"{key}.{self.precision}" not in self.manifest.models:
@@ -116,7 +117,7 @@ class FaceAnalyzer:
         """Faces in an image (an RGB uint8 array or a path), best score first."""
         pixels = load_image(image) if isinstance(image, (str, Path)) else image
         det = self.profile.detector
-        found = self._detector.detect(pixels, self.score_threshold, det.nms_iou, det.max_faces)
+        found = self.detector.detect(pixels, self.score_threshold, det.nms_iou, det.max_faces)
         return _faces(found)
 
     def embed(self, image: np.ndarray | str | Path) -> list[Face]:

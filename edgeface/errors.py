@@ -19,3 +19,11 @@ class ProfileError(EdgefaceError):
 
 class GalleryError(EdgefaceError):
     """The gallery database is unreadable, from another embedding model, or the request is invalid."""
+
+
+class CameraError(EdgefaceError):
+    """A frame source is missing, busy, or stopped delivering frames (a lost camera)."""
+
+
+class RelayError(EdgefaceError):
+    """The door relay cannot be driven (gpiozero missing, or the GPIO pin unavailable)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -35,3 +36,30 @@ def float_leftovers(path: Path) -> list[str]:
         problems += [f"{kind} '{d['name']}' is {np.dtype(d['dtype']).name}" for d in details
                      if d["dtype"] not in (np.int8, np.uint8)]
     return problems
+
+
+def undelegated_ops(path: Path, threads: int = 2) -> dict[str, int]:
+    """Op name -> count of the ops that XNNPACK leaves to TFLite's own kernels.
+
+    The interpreter lists the original ops and the DELEGATE nodes that replaced some of them: an original op
+    still runs if its output is needed (by a DELEGATE node, the graph's output or another op that runs) and no
+    DELEGATE node produces it.
+    """
+    interpreter = make_interpreter(path, threads=threads, delegate="xnnpack")
+    interpreter.allocate_tensors()
+    ops = interpreter._get_ops_details()
+    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+    produced = {int(t) for op in delegates for t in op["outputs"]}
+    needed = {int(t) for op in delegates for t in op["inputs"]} | {d["index"] for d in interpreter.get_output_details()}
+    running: set[int] = set()
+    grew = True
+    while grew:
+        grew = False
+        for op in ops:
+            outputs = {int(t) for t in op["outputs"]}
+            runs = op["op_name"] != "DELEGATE" and outputs & needed and not outputs & produced
+            if runs and op["index"] not in running:
+                running.add(op["index"])
+                needed |= {int(t) for t in op["inputs"] if t >= 0}
+                grew = True
+    return dict(Counter(op["op_name"] for op in ops if op["index"] in running))

@@ -74,6 +74,7 @@ def _each(check: Check) -> Check:
 
 
 _NON_EMPTY = _must(lambda v: v.strip() != "", "a non-empty string")
+_POSITIVE = _must(lambda v: v > 0, "greater than 0")
 
 
 def _key(check: Check | None = None, default: object = MISSING) -> Any:
@@ -141,10 +142,33 @@ class CameraConfig(_Table):
 
 
 @dataclass(frozen=True)
+class DoorlockConfig(_Table):
+    """The door lock: unlock when one enrolled person matches in `votes` of the last `window` frames, pulse the
+    relay for `unlock_seconds`, then ignore faces for `cooldown_seconds`; after an error, retry after
+    `backoff_seconds`, doubling up to `backoff_max_seconds`."""
+
+    votes: int = _key(_at_least(1))
+    window: int = _key(_must(lambda v: 1 <= v <= 100, "from 1 to 100"))
+    unlock_seconds: float = _key(_must(lambda v: 0 < v <= 60, "greater than 0 and at most 60"))
+    cooldown_seconds: float = _key(_must(lambda v: v >= 0, "at least 0"))
+    relay_pin: int = _key(_must(lambda v: 0 <= v <= 27, "a BCM GPIO number from 0 to 27"))
+    relay_active_high: bool = _key()
+    backoff_seconds: float = _key(_POSITIVE)
+    backoff_max_seconds: float = _key(_POSITIVE)
+
+    def _check_relations(self) -> None:
+        if self.votes > self.window:
+            raise _Invalid(f"must be at most doorlock.window ({self.window}), got {self.votes}", ".votes")
+        if self.backoff_max_seconds < self.backoff_seconds:
+            raise _Invalid(f"must be at least doorlock.backoff_seconds ({self.backoff_seconds}), "
+                           f"got {self.backoff_max_seconds}", ".backoff_max_seconds")
+
+
+@dataclass(frozen=True)
 class ExpectedConfig(_Table):
     """A documented expected latency and where the figure comes from."""
 
-    latency_ms: float | None = _key(_must(lambda v: v > 0, "greater than 0"), default=None)
+    latency_ms: float | None = _key(_POSITIVE, default=None)
     source: str | None = _key(_NON_EMPTY, default=None)
 
     def _check_relations(self) -> None:
@@ -164,6 +188,7 @@ class Profile(_Table):
     runtime: RuntimeConfig = _key()
     recognition: RecognitionConfig = _key()
     camera: CameraConfig = _key()
+    doorlock: DoorlockConfig = _key()
     expected: ExpectedConfig | None = _key(default=None)
 
     def with_overrides(self, *, detector: str | None = None, input_size: int | None = None,
@@ -189,7 +214,7 @@ def _type_name(hint: Any) -> str:
     """How the expected type reads in a message."""
     if get_origin(hint) is tuple:
         return f"an array of {len(get_args(hint))} numbers"
-    return {int: "an integer", float: "a number", str: "a string"}.get(hint, "a table")
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(hint, "a table")
 
 
 def _kind(value: object) -> str:
@@ -218,6 +243,8 @@ def _convert(value: object, hint: Any) -> Any:
             return float(value)
         if hint in (int, str) and isinstance(value, hint):
             return value
+    elif hint is bool:
+        return value
     raise _Invalid(f"must be {_type_name(hint)}, got {_kind(value)} {_show(value)}")
 
 

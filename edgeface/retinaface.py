@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeface.detection import Detections
-from edgeface.images import letterbox
+from edgeface.images import Letterbox, letterbox
 from edgeface.interpreter import TFLiteModel
 from edgeface.nms import nms
 
@@ -36,7 +36,11 @@ class RetinaFace:
                max_faces: int | None = None) -> Detections:
         """Faces in an H x W x 3 uint8 RGB image, in original-image pixels."""
         boxed, mapping = letterbox(image, self.width, self.height, self.fill)
-        outputs = self.model.run(boxed[None])
+        return self.postprocess(self.model.run(boxed[None]), mapping, score_threshold, nms_iou, max_faces)
+
+    def postprocess(self, outputs: dict[str, np.ndarray], mapping: Letterbox, score_threshold: float,
+                    nms_iou: float, max_faces: int | None = None) -> Detections:
+        """Score threshold, prior decoding and NMS of one invoke's outputs, mapped back to original pixels."""
         logit_threshold = np.log(score_threshold / (1.0 - score_threshold))
         picked_logits, picked_loc, picked_landmarks, picked_priors = [], [], [], []
         for step, priors in self.levels:

@@ -1,4 +1,5 @@
-"""The device path (import edgeface, detect, embed) runs with torch, onnx and tensorflow unavailable."""
+"""The device path (import edgeface, detect, embed) runs with torch, onnx, tensorflow, matplotlib and scipy
+unavailable."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 from conftest import subset
 from edgeface.manifest import Manifest
 
-BLOCKED = ("torch", "onnx", "onnxruntime", "onnx2tf", "tensorflow", "tf_keras", "keras", "cv2")
+BLOCKED = ("torch", "onnx", "onnxruntime", "onnx2tf", "tensorflow", "tf_keras", "keras", "cv2",
+           "matplotlib", "scipy")
 
 SCRIPT = textwrap.dedent("""
     import importlib.abc, json, sys

@@ -35,6 +35,15 @@ top_k = 1
 width = 1280
 height = 720
 fps = 15
+[doorlock]
+votes = 3
+window = 5
+unlock_seconds = 3.0
+cooldown_seconds = 5.0
+relay_pin = 17
+relay_active_high = true
+backoff_seconds = 1.0
+backoff_max_seconds = 30.0
 """
 
 
@@ -69,6 +78,7 @@ def test_shipped_profiles_all_load() -> None:
         assert profile.detector.input_size in (320, 640)
         assert profile.mtcnn.thresholds == (0.6, 0.7, 0.7)
         assert profile.recognition.match_threshold == 0.5
+        assert profile.doorlock.votes <= profile.doorlock.window
         assert profile.expected is None
 
 
@@ -127,6 +137,14 @@ def test_missing_file(tmp_path: Path) -> None:
     (edited("[0.6, 0.7, 0.7]", "[0.6, 1.2, 0.7]"), "mtcnn.thresholds[1]", "must be between 0 and 1, got 1.2"),
     (edited("[0.6, 0.7, 0.7]", "[0.6, 0.7]"), "mtcnn.thresholds", "must be an array of 3 numbers"),
     (edited("min_face = 20", "min_face = 700"), "mtcnn.min_face", "at most mtcnn.input_size"),
+    (edited("votes = 3", "votes = 6"), "doorlock.votes", "must be at most doorlock.window (5), got 6"),
+    (edited("relay_pin = 17", "relay_pin = 40"), "doorlock.relay_pin", "a BCM GPIO number from 0 to 27, got 40"),
+    (edited("relay_active_high = true", "relay_active_high = 1"), "doorlock.relay_active_high",
+     "must be a boolean, got integer 1"),
+    (edited("unlock_seconds = 3.0", "unlock_seconds = 0"), "doorlock.unlock_seconds", "greater than 0"),
+    (edited("backoff_max_seconds = 30.0", "backoff_max_seconds = 0.5"), "doorlock.backoff_max_seconds",
+     "must be at least doorlock.backoff_seconds"),
+    (edited("window = 5", "window = 5\nframes = 2"), "doorlock.frames", "unknown key"),
     (VALID + "[expected]\nlatency_ms = 120\n", "expected.source", "required when expected.latency_ms"),
     (VALID + '[expected]\nlatency_ms = -1\nsource = "x"\n', "expected.latency_ms", "greater than 0"),
 ])

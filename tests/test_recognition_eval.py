@@ -55,3 +55,15 @@ def test_open_set_by_hand() -> None:
     assert (loose.correct_accept, loose.stranger_accept) == (1.0, 0.5)
     threshold = threshold_for(vectors, labels, 1, 0.0)
     assert 0.8 < threshold < 0.8001
+
+
+def test_recommended_threshold_holds_for_float32_embeddings() -> None:
+    # float32 similarities against a float64 threshold one ulp above a stranger's score: that stranger must
+    # stay rejected (NumPy 1.x compared in float32, where the two are equal).
+    rng = np.random.default_rng(0)
+    labels = [str(i // 10) for i in range(200)]
+    vectors = rng.standard_normal((200, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    threshold = threshold_for(vectors, labels, 3, 0.01)
+    [result] = open_set(vectors, labels, 3, np.array([threshold]))
+    assert result.stranger_accept <= 0.01

@@ -1,1 +1,2 @@
-"""Offline accuracy evaluation (benchmark protocols) for edgeface detectors."""
+"""Offline accuracy evaluation for edgeface: benchmark protocols (WIDER FACE, landmarks, LFW, open set), the
+check-quant gates and report."""

@@ -44,8 +44,9 @@ def split_people(labels: list[str], per_person: int) -> tuple[dict[str, list[int
 
 
 def best_matches(gallery: np.ndarray, owners: np.ndarray, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For unit-vector probes, the best-matching owner and its similarity (a person scores their best photo)."""
-    similarity = probes @ gallery.T
+    """For unit-vector probes, the best-matching owner and its similarity (a person scores their best photo),
+    in float64: thresholds compare exactly (NumPy 1.x would cast a threshold down to float32 embeddings' type)."""
+    similarity = np.asarray(probes, np.float64) @ np.asarray(gallery, np.float64).T
     names = np.unique(owners)
     per_person = np.stack([similarity[:, owners == name].max(axis=1) for name in names], axis=1)
     best = per_person.argmax(axis=1)

@@ -38,6 +38,18 @@ def read_pairs(path: Path) -> list[Pair]:
     return pairs
 
 
+def protocol_folds(path: Path, chosen: np.ndarray) -> tuple[np.ndarray, str]:
+    """The fold of each chosen pair (indices into `read_pairs(path)`) and how the folds were made: the official
+    folds of the header ('10\t300': 10 folds of 600 pairs), or with a single fold, 10 interleaved sub-folds
+    (position % 10 among the chosen pairs)."""
+    header = Path(path).read_text().split(maxsplit=2)
+    folds, per_class = int(header[0]), int(header[1])
+    if folds > 1:
+        return np.asarray(chosen) // (2 * per_class), f"the {folds} official folds"
+    return np.arange(len(chosen)) % FOLDS, (f"a single official fold: {FOLDS} interleaved sub-folds "
+                                            f"(pair position % {FOLDS})")
+
+
 def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
     """The threshold (accept when score >= it) with the highest accuracy on these pairs, halfway between
     two neighbouring scores (so an unseen score just beside the training ones is judged fairly)."""

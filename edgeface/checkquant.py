@@ -1,0 +1,409 @@
+"""`edgeface check-quant`: every stage's float and int8 model on real labelled photos, side by side.
+
+Detection AP on WIDER FACE val, landmark NME on dlib's 68-point faces, LFW verification and CelebA open-set
+identification, per-output SNR of the stage that loses most; each loss judged by the gates in gates.toml.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeface.analyzer import Face, FaceAnalyzer
+from edgeface.bench import detector_stages, machine
+from edgeface.datasets import data_dir
+from edgeface.errors import EdgefaceError
+from edgeface.evaluation.gates import GATES_FILE, Gate, check, load_limits, worst_stage
+from edgeface.evaluation.identification import OpenSetResult, open_set, split_people, threshold_for
+from edgeface.evaluation.landmarks import face_nme, read_imglab
+from edgeface.evaluation.verification import protocol_accuracy, protocol_folds, read_pairs, roc, tar_at_far
+from edgeface.evaluation.widerface import SETTINGS, SubsetResult, evaluate, image_key, load_ground_truth
+from edgeface.images import list_images, load_image
+from edgeface.interpreter import TFLiteModel
+from edgeface.manifest import ModelSpec, model_key
+from edgeface.profiles import Profile, load_profile
+
+PRECISIONS = ("float", "int8")
+FOLDERS = ("wider_val_dev", "dlib_landmarks", "lfw_fold1", "celeba_dev")
+AP_SCORE_THRESHOLD = 0.02
+LANDMARK_MIN_IOU = 0.4
+"""dlib's boxes are tighter than the detectors': true matches overlap 0.5 to 0.65."""
+FAR_TARGETS = (1e-2, 1e-3)
+ENROLL_PHOTOS = 3
+TARGET_STRANGER_ACCEPT = 0.01
+SNR_PHOTOS = 8
+SNR_BATCHES = 32
+
+
+@dataclass(frozen=True)
+class Subsets:
+    """How much of each data set a run uses: every `wider_step`-th WIDER image, LFW pairs spread over the
+    list, CelebA photos of whole identities (None: all)."""
+
+    wider_step: int
+    lfw_pairs: int | None
+    celeba_photos: int | None
+
+
+FULL = Subsets(1, None, None)
+QUICK = Subsets(8, 100, 200)
+
+
+@dataclass
+class Results:
+    """report.json and the curves the plots draw, keyed '<stage> <precision>' (ROC by precision)."""
+
+    report: dict[str, Any] = field(default_factory=dict)
+    pr: dict[str, dict[str, SubsetResult]] = field(default_factory=dict)
+    nme: dict[str, np.ndarray] = field(default_factory=dict)
+    roc: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    cosine: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+def require_data(given: Path | None) -> Path:
+    """The labelled data folder (`given`, else $EDGEFACE_DATA or ../shared/data) holding every folder needed."""
+    root = given or data_dir()
+    if root is None or not root.is_dir():
+        raise EdgefaceError(f"{root or '../shared/data'}: labelled data folder not found "
+                            "(pass --data DIR or set EDGEFACE_DATA)")
+    missing = [name for name in FOLDERS if not (root / name).is_dir()]
+    if missing:
+        raise EdgefaceError(f"{root}: missing {', '.join(missing)} (see the data README)")
+    return root
+
+
+def _analyzers(profile: Profile, detector: str | None = None, size: int | None = None,
+               score_threshold: float | None = None) -> dict[str, FaceAnalyzer]:
+    return {p: FaceAnalyzer(profile, detector=detector, input_size=size, precision=p,
+                            score_threshold=score_threshold) for p in PRECISIONS}
+
+
+def _stage_analyzers(profile: Profile, stages: list[tuple[str, int]],
+                     score_threshold: float | None = None) -> dict[tuple[str, str], FaceAnalyzer]:
+    """Float and int8 analyzers of each (detector, input size), keyed (stage, precision): ('mtcnn-640', 'int8')."""
+    return {(model_key(detector, size), p): analyzer for detector, size in stages
+            for p, analyzer in _analyzers(profile, detector, size, score_threshold).items()}
+
+
+Found = dict[tuple[str, str], dict[str, list[Face]]]
+"""Faces by (stage, precision), then by photo."""
+
+
+def _detect_all(photos: dict[str, Path], analyzers: dict[tuple[str, str], FaceAnalyzer]) -> Found:
+    """The faces each analyzer finds in each photo, every photo decoded once."""
+    found: Found = {key: {} for key in analyzers}
+    for name, path in photos.items():
+        pixels = load_image(path)
+        for key, analyzer in analyzers.items():
+            found[key][name] = analyzer.detect(pixels)
+    return found
+
+
+def _boxes(faces: list[Face]) -> np.ndarray:
+    return np.array([face.box for face in faces], dtype=np.float64).reshape(-1, 4)
+
+
+def _points(faces: list[Face]) -> np.ndarray:
+    return np.array([face.landmarks for face in faces], dtype=np.float64).reshape(-1, 5, 2)
+
+
+def wider_predictions(found: dict[str, list[Face]]) -> dict[str, np.ndarray]:
+    """Faces by WIDER image key as the evaluator's [x1, y1, x2, y2, score] rows."""
+    return {name: np.column_stack([_boxes(faces), [face.score for face in faces]]) for name, faces in found.items()}
+
+
+def detection(data: Path, profile: Profile, subsets: Subsets, results: Results) -> list[dict[str, Any]]:
+    """WIDER FACE val AP per setting, float vs int8, for each detector stage."""
+    root = data / "wider_val_dev"
+    truth = load_ground_truth(root / "ground_truth")
+    photos = {image_key(path.relative_to(root / "images").as_posix()): path
+              for path in list_images(root / "images")[::subsets.wider_step]}
+    stages = detector_stages(profile)
+    found = _detect_all(photos, _stage_analyzers(profile, stages, AP_SCORE_THRESHOLD))
+    rows = []
+    for detector, size in stages:
+        stage, ap = model_key(detector, size), {}
+        for p in PRECISIONS:
+            results.pr[f"{stage} {p}"] = curves = evaluate(wider_predictions(found[stage, p]), truth)
+            ap[p] = {setting: curves[setting].ap for setting in SETTINGS}
+        rows.append({"model": stage, "detector": detector, "input_size": size, "images": len(photos), "ap": ap,
+                     "drop": {s: ap["float"][s] - ap["int8"][s] for s in SETTINGS}})
+    return rows
+
+
+def _reduce(statistic: Callable[[np.ndarray], Any], values: np.ndarray) -> float:
+    """`statistic` of the values, NaN when there are none."""
+    return float(statistic(values)) if values.size else float("nan")
+
+
+def landmarks(data: Path, profile: Profile, results: Results) -> list[dict[str, Any]]:
+    """NME of both detectors at the profile's sizes, float vs int8, over the faces both precisions find."""
+    root = data / "dlib_landmarks"
+    truth = {name: faces for xml in sorted(root.glob("*_with_face_landmarks.xml"))
+             for name, faces in read_imglab(xml).items()}
+    stages = [("retinaface", profile.detector.input_size), ("mtcnn", profile.mtcnn.input_size)]
+    found = _detect_all({name: root / name for name in truth}, _stage_analyzers(profile, stages))
+    rows = []
+    for detector, size in stages:
+        stage = model_key(detector, size)
+        nme = {p: np.concatenate([face_nme(faces, _boxes(found[stage, p][name]), _points(found[stage, p][name]),
+                                           LANDMARK_MIN_IOU) for name, faces in truth.items()]) for p in PRECISIONS}
+        both = np.isfinite(nme["float"]) & np.isfinite(nme["int8"])
+        mean = {p: _reduce(np.mean, nme[p][both]) for p in PRECISIONS}
+        for p in PRECISIONS:
+            results.nme[f"{stage} {p}"] = nme[p]
+        rows.append({"model": stage, "detector": detector, "input_size": size, "faces": len(both),
+                     "found": {p: int(np.isfinite(nme[p]).sum()) for p in PRECISIONS}, "both": int(both.sum()),
+                     "mean_nme": mean, "median_nme": {p: _reduce(np.median, nme[p][both]) for p in PRECISIONS},
+                     "increase": mean["int8"] - mean["float"]})
+    return rows
+
+
+Picker = Callable[[list[Face], tuple[int, ...]], Face]
+
+
+def nearest_centre(faces: list[Face], shape: tuple[int, ...]) -> Face:
+    """The face whose box centre is nearest the image centre (the subject of an LFW photo)."""
+    return min(faces, key=lambda f: math.hypot((f.box[0] + f.box[2] - shape[1]) / 2,
+                                               (f.box[1] + f.box[3] - shape[0]) / 2))
+
+
+def largest(faces: list[Face], shape: tuple[int, ...]) -> Face:
+    """The largest face."""
+    return max(faces, key=lambda face: face.area)
+
+
+def embed_photos(paths: list[Path], analyzers: dict[str, FaceAnalyzer],
+                 pick: Picker) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per precision, each photo's picked face through that precision's detector and embedder (a NaN row
+    when it finds no face); and cos(int8, float) of every float-picked face embedded by both embedders."""
+    dim = analyzers["float"].embedder.dim
+    vectors = {p: np.full((len(paths), dim), np.nan, np.float32) for p in PRECISIONS}
+    cosine = []
+    for row, path in enumerate(paths):
+        pixels = load_image(path)
+        for p, analyzer in analyzers.items():
+            faces = analyzer.detect(pixels)
+            if faces:
+                points = np.array([pick(faces, pixels.shape).landmarks])
+                vectors[p][row] = analyzer.embedder.embed(pixels, points)[0]
+                if p == "float":
+                    cosine.append(float(analyzers["int8"].embedder.embed(pixels, points)[0] @ vectors[p][row]))
+    return vectors, np.array(cosine)
+
+
+def lfw(data: Path, analyzers: dict[str, FaceAnalyzer], subsets: Subsets, results: Results) -> dict[str, Any]:
+    """LFW protocol accuracy and TAR at FAR, float vs int8 pipelines; a pair missing a face scores -1."""
+    root = data / "lfw_fold1"
+    pairs = read_pairs(root / "pairs.txt")
+    chosen = (np.arange(len(pairs)) if subsets.lfw_pairs is None
+              else np.unique(np.linspace(0, len(pairs) - 1, subsets.lfw_pairs).round().astype(np.int64)))
+    folds, how = protocol_folds(root / "pairs.txt", chosen)
+    pairs = [pairs[i] for i in chosen]
+    names = sorted({name for pair in pairs for name in (pair.first, pair.second)})
+    vectors, cosine = embed_photos([root / "images" / name for name in names], analyzers, nearest_centre)
+    results.cosine = np.concatenate([results.cosine, cosine])
+    row = {name: i for i, name in enumerate(names)}
+    first, second = [row[p.first] for p in pairs], [row[p.second] for p in pairs]
+    same = np.array([p.same for p in pairs])
+    section: dict[str, Any] = {"pairs": len(pairs), "images": len(names), "folds": how}
+    for p in PRECISIONS:
+        scores = np.nan_to_num(np.sum(vectors[p][first] * vectors[p][second], axis=1), nan=-1.0)
+        far, tar, _ = roc(scores, same)
+        results.roc[p] = (far, tar)
+        section[p] = {"accuracy": protocol_accuracy(scores, same, folds),
+                      "tar_at_far": {str(target): tar_at_far(scores, same, target) for target in FAR_TARGETS},
+                      "images_without_face": int(np.isnan(vectors[p][:, 0]).sum())}
+    section["accuracy_drop"] = section["float"]["accuracy"] - section["int8"]["accuracy"]
+    return section
+
+
+def _rates(result: OpenSetResult) -> dict[str, float]:
+    return {"rank1": result.rank1, "correct_accept": result.correct_accept, "wrong_accept": result.wrong_accept,
+            "false_accept": result.stranger_accept, "false_reject": result.false_reject}
+
+
+def identification(data: Path, analyzers: dict[str, FaceAnalyzer], subsets: Subsets,
+                   results: Results) -> dict[str, Any]:
+    """CelebA open set (largest face per photo, photos where both precisions find one): rates at the profile's
+    match threshold and at the threshold that accepts at most 1% of strangers."""
+    root = data / "celeba_dev"
+    rows = [(name, label) for name, label in (line.split() for line in
+                                              (root / "identity.txt").read_text().splitlines() if line.strip())]
+    if subsets.celeba_photos is not None:  # whole identities, by id, until there are enough photos
+        counts, kept, total = Counter(label for _, label in rows), set(), 0
+        for person in sorted(counts, key=int):
+            if total >= subsets.celeba_photos:
+                break
+            kept.add(person)
+            total += counts[person]
+        rows = [(name, label) for name, label in rows if label in kept]
+    vectors, cosine = embed_photos([root / "images" / name for name, _ in rows], analyzers, largest)
+    results.cosine = np.concatenate([results.cosine, cosine])
+    found = np.isfinite(vectors["float"][:, 0]) & np.isfinite(vectors["int8"][:, 0])
+    labels = [rows[i][1] for i in np.flatnonzero(found)]
+    enrolled, genuine, strangers = split_people(labels, ENROLL_PHOTOS)
+    match_threshold = analyzers["float"].profile.recognition.match_threshold
+    section: dict[str, Any] = {
+        "photos": len(rows), "photos_without_face": int((~found).sum()), "people": len(set(labels)),
+        "enrolled_people": len(enrolled), "photos_per_enrolled": ENROLL_PHOTOS, "genuine_probes": len(genuine),
+        "stranger_probes": len(strangers), "match_threshold": match_threshold,
+        "target_false_accept": TARGET_STRANGER_ACCEPT,
+    }
+    for p in PRECISIONS:
+        embeddings = vectors[p][found]
+        recommended = threshold_for(embeddings, labels, ENROLL_PHOTOS, TARGET_STRANGER_ACCEPT)
+        at_match, at_recommended = open_set(embeddings, labels, ENROLL_PHOTOS,
+                                            np.array([match_threshold, recommended]))
+        section[p] = {"recommended_threshold": recommended, "at_match_threshold": _rates(at_match),
+                      "at_recommended_threshold": _rates(at_recommended)}
+    return section
+
+
+def cosine_summary(cosine: np.ndarray) -> dict[str, float]:
+    """Statistics of cos(int8, float) per face."""
+    return {"faces": int(cosine.size), "mean": _reduce(np.mean, cosine), "median": _reduce(np.median, cosine),
+            "p01": _reduce(lambda v: np.percentile(v, 1), cosine), "min": _reduce(np.min, cosine)}
+
+
+class _RecordingModel(TFLiteModel):
+    """A TFLiteModel that keeps the first SNR_BATCHES batches it is fed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[np.ndarray] = []
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if len(self.batches) < SNR_BATCHES:
+            self.batches.append(batch.copy())
+        return super().run(batch)
+
+
+class _RecordingAnalyzer(FaceAnalyzer):
+    """A FaceAnalyzer whose models keep their real inputs, by model key."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recorded: dict[str, _RecordingModel] = {}
+
+    def _model(self, spec: ModelSpec) -> TFLiteModel:
+        runtime = self.profile.runtime
+        self.recorded[spec.key] = model = _RecordingModel(self.manifest, spec, threads=runtime.threads,
+                                                          delegate=runtime.delegate)
+        return model
+
+
+def snr_db(reference: list[np.ndarray], test: list[np.ndarray]) -> float:
+    """10 log10(signal power / error power) of `test` against `reference` over all elements (inf: identical)."""
+    signal = sum(float(np.sum(np.square(r, dtype=np.float64))) for r in reference)
+    noise = sum(float(np.sum(np.square(t.astype(np.float64) - r))) for r, t in zip(reference, test))
+    return float("inf") if noise == 0 else 10 * float(np.log10(signal / noise))
+
+
+def stage_models(stage: str) -> tuple[str, ...]:
+    """The manifest keys of a stage: 'mtcnn-640' is P/R/O-Net, any other stage is its own model."""
+    return ("pnet", "rnet", "onet") if stage.startswith("mtcnn") else (stage,)
+
+
+def output_snr(profile: Profile, worst: Gate, photos: list[Path]) -> dict[str, Any]:
+    """Per-output SNR of the worst stage's int8 models against float, on the inputs the float pipeline fed
+    them while analysing `photos` (detection stages detect; the embedder's stage embeds)."""
+    assert worst.stage is not None
+    if worst.stage == "mobilefacenet":
+        analyzer = _RecordingAnalyzer(profile, precision="float")
+        for path in photos:
+            analyzer.embed(path)
+    else:
+        detector, size = worst.stage.rsplit("-", 1)
+        analyzer = _RecordingAnalyzer(profile, detector=detector, input_size=int(size), precision="float")
+        for path in photos:
+            analyzer.detect(path)
+    runtime, manifest = profile.runtime, analyzer.manifest
+    models: dict[str, dict[str, float]] = {}
+    for key in stage_models(worst.stage):
+        batches = analyzer.recorded[key].batches
+        if not batches:  # e.g. no PNet proposal reached RNet
+            continue
+        outputs = {p: [TFLiteModel(manifest, manifest.get(key, p), threads=runtime.threads,
+                                   delegate=runtime.delegate).run(b) for b in batches] for p in PRECISIONS}
+        models[key] = {role: snr_db([o[role] for o in outputs["float"]], [o[role] for o in outputs["int8"]])
+                       for role in outputs["float"][0]}
+    return {"stage": worst.stage, "why": f"{worst.name} uses {worst.usage:.0%} of its allowance",
+            "batches": {key: len(analyzer.recorded[key].batches) for key in models}, "models": models}
+
+
+def check_quant(data: Path, profile: Profile, quick: bool, say: Callable[[str], None]) -> tuple[Results, list[Gate]]:
+    """Measure everything, judge it by gates.toml and find the worst stage's SNR."""
+    subsets = QUICK if quick else FULL
+    results = Results()
+    started = time.perf_counter()
+
+    def step(text: str) -> None:
+        say(f"check-quant [{time.perf_counter() - started:5.0f} s] {text}")
+
+    step("detection on WIDER FACE val")
+    rows = detection(data, profile, subsets, results)
+    step("landmarks on dlib_landmarks")
+    marks = landmarks(data, profile, results)
+    analyzers = _analyzers(profile)
+    step("recognition on LFW")
+    verification = lfw(data, analyzers, subsets, results)
+    step("open-set identification on CelebA")
+    openset = identification(data, analyzers, subsets, results)
+    manifest = analyzers["float"].manifest
+    results.report = {
+        "meta": {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "machine": machine(),
+                 "profile": profile.name, "data": str(data), "quick": quick, "gates_file": str(GATES_FILE),
+                 "models": {key: spec.sha256[:12] for key, spec in sorted(manifest.models.items())}},
+        "detection": rows, "landmarks": marks,
+        "recognition": {"lfw": verification, "cosine": cosine_summary(results.cosine), "identification": openset},
+    }
+    gates = check(results.report, load_limits(quick=quick))
+    worst = worst_stage(gates)
+    step(f"per-output SNR of {worst.stage}")
+    if worst.stage == "mobilefacenet":
+        photos = [data / "lfw_fold1" / "images" / p.first for p in read_pairs(data / "lfw_fold1" / "pairs.txt")]
+    else:
+        photos = list_images(data / "wider_val_dev" / "images")[::subsets.wider_step]
+    results.report["snr"] = output_snr(profile, worst, photos[:SNR_PHOTOS])
+    results.report["gates"] = [gate.to_json() for gate in gates]
+    results.report["passed"] = all(gate.passed for gate in gates)
+    step("done")
+    return results, gates
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities as null (strict JSON)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def run(data: Path | None, profile_name: str, quick: bool, out: Path, as_json: bool) -> int:
+    """The `check-quant` command: write report.md, report.json and the plots to `out`; 1 if a gate fails."""
+    from edgeface.evaluation.report import markdown, plots, summary
+
+    root = require_data(data)
+    profile = load_profile(profile_name)
+    results, gates = check_quant(root, profile, quick, lambda text: print(text, file=sys.stderr, flush=True))
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_json_safe(results.report), indent=1)
+    (out / "report.json").write_text(text + "\n")
+    images = plots(results, out)
+    (out / "report.md").write_text(markdown(results.report, images))
+    print(text if as_json else summary(results.report, out))
+    return 0 if all(gate.passed for gate in gates) else 1

@@ -1,0 +1,169 @@
+"""The check-quant report: report.md, the PNG plots (matplotlib, workstation only) and the terminal summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgeface.evaluation.widerface import SETTINGS
+
+if TYPE_CHECKING:
+    from edgeface.checkquant import Results
+
+PRECISIONS = ("float", "int8")
+STYLE = {"float": "-", "int8": "--"}
+
+
+def _number(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def gates_table(report: dict[str, Any]) -> str:
+    """The gates as a Markdown table."""
+    return _table(["gate", "value", "rule", "result"],
+                  [[g["name"], _number(g["value"], 4), f"{g['rule']} {g['limit']}", "PASS" if g["passed"] else "FAIL"]
+                   for g in report["gates"]])
+
+
+def _shift(before: float, after: float, digits: int = 3) -> str:
+    return f"{_number(before, digits)} → {_number(after, digits)} ({after - before:+.{digits}f})"
+
+
+def markdown(report: dict[str, Any], images: dict[str, str]) -> str:
+    """report.md: the gates, then every section with its table and plot."""
+    meta, rec = report["meta"], report["recognition"]
+    lfw, cos, ident = rec["lfw"], rec["cosine"], rec["identification"]
+    m = meta["machine"]
+    parts = [
+        "# edgeface check-quant: int8 against float",
+        f"{meta['date']} on {m['cpu']} ({m['cores']} cores, {m['runtime']}); profile `{meta['profile']}`; "
+        f"data `{meta['data']}`; {'**quick** subset' if meta['quick'] else 'full data'}; gates from "
+        f"`{Path(meta['gates_file']).name}`{' with its [quick] overrides' if meta['quick'] else ''}. "
+        f"Result: **{'PASS' if report['passed'] else 'FAIL'}**.",
+        "## Gates", gates_table(report),
+        f"## Detection: WIDER FACE val AP, float → int8 ({report['detection'][0]['images']} images, score ≥ 0.02)",
+        _table(["model", *SETTINGS], [[row["model"], *(_shift(row["ap"]["float"][s], row["ap"]["int8"][s])
+                                                      for s in SETTINGS)] for row in report["detection"]]),
+        " ".join(f"![{s}]({images[f'pr_{s}']})" for s in SETTINGS),
+        "## Landmarks: NME over the inter-ocular distance, dlib 68-point faces (5 points derived), float → int8",
+        _table(["model", "faces", "found float / int8", "mean NME (faces both find)", "median NME"],
+               [[row["model"], str(row["faces"]), f"{row['found']['float']} / {row['found']['int8']}",
+                 _shift(row["mean_nme"]["float"], row["mean_nme"]["int8"], 4),
+                 _shift(row["median_nme"]["float"], row["median_nme"]["int8"], 4)] for row in report["landmarks"]]),
+        f"![NME CDF]({images['nme_cdf']})",
+        f"## Recognition: LFW verification ({lfw['pairs']} pairs, {lfw['images']} images; folds: {lfw['folds']}; "
+        "the face nearest each image's centre; a pair missing a face scores -1)",
+        _table(["pipeline", "accuracy", "TAR @ FAR 1e-2", "TAR @ FAR 1e-3", "images without a face"],
+               [[p, _number(lfw[p]["accuracy"], 4), _number(lfw[p]["tar_at_far"]["0.01"], 4),
+                 _number(lfw[p]["tar_at_far"]["0.001"], 4), str(lfw[p]["images_without_face"])] for p in PRECISIONS]),
+        f"![ROC]({images['lfw_roc']})",
+        f"Embedding agreement, the same aligned face through both embedders ({cos['faces']} LFW and CelebA faces): "
+        f"cos(int8, float) mean {_number(cos['mean'], 4)}, median {_number(cos['median'], 4)}, "
+        f"1st percentile {_number(cos['p01'], 4)}, min {_number(cos['min'], 4)}.",
+        f"![cosine]({images['cosine_hist']})",
+        f"## Open-set identification: CelebA ({ident['photos']} photos, largest face; {ident['enrolled_people']} "
+        f"people enrolled with {ident['photos_per_enrolled']} photos, {ident['genuine_probes']} genuine probes, "
+        f"{ident['stranger_probes']} stranger probes; {ident['photos_without_face']} photos without a face left out)",
+        _table(["pipeline", "threshold", "rank-1", "correct accept", "false accept (strangers)", "false reject"],
+               [[p, f"{_number(threshold)} ({label})", *(_number(rates[k]) for k in
+                                                         ("rank1", "correct_accept", "false_accept", "false_reject"))]
+                for p in PRECISIONS for label, threshold, rates in (
+                    ("profile", ident["match_threshold"], ident[p]["at_match_threshold"]),
+                    (f"recommended for {ident['target_false_accept']:.0%} false accept",
+                     ident[p]["recommended_threshold"], ident[p]["at_recommended_threshold"]))]),
+        f"## Per-output SNR of `{report['snr']['stage']}` (int8 against float on the same real inputs)",
+        f"Chosen because {report['snr']['why']}.",
+        _table(["model", "output", "SNR dB"], [[key, role, _number(db, 1)] for key, outputs in
+                                               report["snr"]["models"].items() for role, db in outputs.items()]),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def summary(report: dict[str, Any], out: Path) -> str:
+    """The terminal summary: headline numbers and the gates."""
+    lfw, ident = report["recognition"]["lfw"], report["recognition"]["identification"]
+    lines = [f"{row['model']:16s} AP easy/medium/hard float "
+             + "/".join(_number(row["ap"]["float"][s]) for s in SETTINGS) + "  int8 "
+             + "/".join(_number(row["ap"]["int8"][s]) for s in SETTINGS) for row in report["detection"]]
+    lines += [f"{row['model']:16s} NME float {_number(row['mean_nme']['float'], 4)}  int8 "
+              f"{_number(row['mean_nme']['int8'], 4)}" for row in report["landmarks"]]
+    lines += [f"LFW accuracy float {_number(lfw['float']['accuracy'], 4)}  int8 {_number(lfw['int8']['accuracy'], 4)}"
+              f"  ({lfw['pairs']} pairs)",
+              f"mean cos(int8, float) {_number(report['recognition']['cosine']['mean'], 4)}",
+              f"CelebA open set int8 @ {ident['match_threshold']}: rank-1 "
+              f"{_number(ident['int8']['at_match_threshold']['rank1'])}, false accept "
+              f"{_number(ident['int8']['at_match_threshold']['false_accept'])}, false reject "
+              f"{_number(ident['int8']['at_match_threshold']['false_reject'])}; threshold for "
+              f"{ident['target_false_accept']:.0%} false accept: {_number(ident['int8']['recommended_threshold'])}",
+              f"worst stage {report['snr']['stage']}: " + ", ".join(
+                  f"{key}.{role} {_number(db, 1)} dB" for key, outputs in report["snr"]["models"].items()
+                  for role, db in outputs.items()),
+              "", gates_table(report), "",
+              f"{'PASS' if report['passed'] else 'FAIL'}: report in {out / 'report.md'}"]
+    return "\n".join(lines)
+
+
+def plots(results: Results, out: Path) -> dict[str, str]:
+    """Write the PNGs into `out`; returns file name by plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names: dict[str, str] = {}
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+    def save(figure: Any, name: str) -> None:
+        figure.tight_layout()
+        figure.savefig(out / f"{name}.png", dpi=110)
+        plt.close(figure)
+        names[name] = f"{name}.png"
+
+    stages = sorted({key.rsplit(" ", 1)[0] for key in results.pr})
+    for setting in SETTINGS:
+        figure, axes = plt.subplots(figsize=(6, 4.5))
+        for colour, stage in zip(colours, stages):
+            for p in PRECISIONS:
+                curve = results.pr[f"{stage} {p}"][setting]
+                axes.plot(curve.recall, curve.precision, STYLE[p], color=colour,
+                          label=f"{stage} {p} (AP {curve.ap:.3f})")
+        axes.set(xlabel="recall", ylabel="precision", title=f"WIDER FACE val {setting}", xlim=(0, 1), ylim=(0, 1.02))
+        axes.legend(fontsize=7, loc="lower left")
+        save(figure, f"pr_{setting}")
+
+    figure, axes = plt.subplots(figsize=(6, 4.5))
+    for colour, stage in zip(colours, sorted({key.rsplit(" ", 1)[0] for key in results.nme})):
+        for p in PRECISIONS:
+            values = results.nme[f"{stage} {p}"]
+            ordered = np.sort(values[np.isfinite(values)])
+            axes.step(ordered, np.arange(1, len(ordered) + 1) / len(values), STYLE[p], where="post", color=colour,
+                      label=f"{stage} {p}")
+    axes.set(xlabel="NME (inter-ocular)", ylabel="share of annotated faces", title="Landmark error CDF", ylim=(0, 1))
+    axes.legend(fontsize=8)
+    save(figure, "nme_cdf")
+
+    figure, axes = plt.subplots(figsize=(6, 4.5))
+    floor = 1.0
+    for p in PRECISIONS:
+        far, tar = results.roc[p]
+        axes.step(far, tar, STYLE[p], where="post", label=p)
+        floor = min(floor, float(tar[far <= 1e-3].max(initial=0.0)))
+    axes.set_xscale("symlog", linthresh=1e-3)
+    axes.set(xlabel="false accept rate", ylabel="true accept rate", title="LFW ROC", xlim=(0, 1),
+             ylim=(max(0.0, floor - 0.05), 1.005))
+    axes.legend()
+    save(figure, "lfw_roc")
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.hist(results.cosine, bins=50)
+    axes.set(xlabel="cos(int8 embedding, float embedding)", ylabel="faces",
+             title=f"Embedding agreement ({results.cosine.size} faces)")
+    save(figure, "cosine_hist")
+    return names

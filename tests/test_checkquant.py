@@ -1,0 +1,164 @@
+"""check-quant: its glue on hand-computed cases, the gates, the SNR, and one `check-quant --quick` run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeface.analyzer import Face
+from edgeface.checkquant import largest, nearest_centre, snr_db, stage_models, wider_predictions
+from edgeface.cli import main
+from edgeface.errors import EdgefaceError
+from edgeface.evaluation.gates import GATES_FILE, Gate, check, load_limits, worst_stage
+from edgeface.evaluation.verification import protocol_folds
+from edgeface.evaluation.widerface import SETTINGS, evaluate, image_key, load_ground_truth
+from edgeface.manifest import Manifest
+
+
+def _face(x1: float, y1: float, x2: float, y2: float, score: float = 0.9) -> Face:
+    return Face(box=(x1, y1, x2, y2), score=score, landmarks=[(x1, y1)] * 5)
+
+
+def test_pickers() -> None:
+    faces = [_face(0, 0, 40, 40), _face(45, 45, 55, 55), _face(60, 0, 100, 60)]
+    assert nearest_centre(faces, (100, 100, 3)) is faces[1]  # box centre (50, 50): the image centre
+    assert largest(faces, (100, 100, 3)) is faces[2]
+
+
+def test_wider_predictions_perfect_and_shuffled(data: Path) -> None:
+    """Ground-truth boxes as Faces score AP 1 through the check-quant path; another image's faces score low."""
+    pytest.importorskip("scipy")
+    root = data / "wider_val_dev"
+    truth = load_ground_truth(root / "ground_truth")
+    names = sorted(image_key(p.relative_to(root / "images").as_posix()) for p in (root / "images").rglob("*.jpg"))
+    rng = np.random.default_rng(0)
+    perfect = {name: [_face(x, y, x + w, y + h, float(s)) for (x, y, w, h), s in
+                      zip(truth.images[name].boxes, rng.random(len(truth.images[name].boxes)))] for name in names}
+    rows = wider_predictions(perfect)
+    assert rows[names[0]].shape == (len(truth.images[names[0]].boxes), 5)
+    result = evaluate(rows, truth)
+    assert all(result[s].ap >= 0.99 for s in SETTINGS), {s: result[s].ap for s in SETTINGS}
+    shuffled = evaluate(wider_predictions(dict(zip(names, [perfect[n] for n in names[1:] + names[:1]]))), truth)
+    assert all(shuffled[s].ap < 0.1 for s in SETTINGS), {s: shuffled[s].ap for s in SETTINGS}
+
+
+def test_protocol_folds(tmp_path: Path) -> None:
+    single = tmp_path / "single.txt"
+    single.write_text("1\t300\n")
+    folds, how = protocol_folds(single, np.array([0, 6, 12, 18, 594, 599]))
+    np.testing.assert_array_equal(folds, [0, 1, 2, 3, 4, 5])  # position among the chosen pairs, % 10
+    assert "10 interleaved sub-folds" in how
+    official = tmp_path / "official.txt"
+    official.write_text("10\t300\n")
+    folds, how = protocol_folds(official, np.array([0, 599, 600, 5999]))
+    np.testing.assert_array_equal(folds, [0, 0, 1, 9])
+    assert how == "the 10 official folds"
+
+
+def test_snr_by_hand() -> None:
+    reference = [np.ones((2, 3)), np.ones(4)]
+    assert snr_db(reference, [r + 0.1 for r in reference]) == pytest.approx(20.0)  # power 1 vs 0.01
+    assert snr_db(reference, [r - 0.01 for r in reference]) == pytest.approx(40.0)
+    assert snr_db(reference, reference) == math.inf
+    assert stage_models("mtcnn-640") == ("pnet", "rnet", "onet")
+    assert stage_models("retinaface-320") == ("retinaface-320",)
+
+
+def _report(drop: float = 0.0, nme_increase: float = 0.0, accuracy: float = 0.995, cosine: float = 0.99) -> dict:
+    return {
+        "detection": [{"model": "retinaface-640", "detector": "retinaface",
+                       "drop": {"easy": drop, "medium": 0.0, "hard": 0.0}},
+                      {"model": "mtcnn-640", "detector": "mtcnn", "drop": {s: 0.0 for s in SETTINGS}}],
+        "landmarks": [{"model": "retinaface-640", "increase": nme_increase}],
+        "recognition": {"lfw": {"int8": {"accuracy": accuracy}, "accuracy_drop": 0.996 - accuracy},
+                        "cosine": {"mean": cosine}},
+    }
+
+
+LIMITS = {"detection": {"retinaface": {"easy": 0.01, "medium": 0.01, "hard": 0.02},
+                        "mtcnn": {"easy": 0.02, "medium": 0.02, "hard": 0.02}},
+          "landmarks": {"nme_increase": 0.02},
+          "recognition": {"lfw_accuracy_min": 0.99, "lfw_accuracy_drop": 0.003, "cosine_mean_min": 0.98}}
+
+
+def test_gates_pass_and_fail() -> None:
+    gates = {g.name: g for g in check(_report(), LIMITS)}
+    assert len(gates) == 6 + 1 + 3 and all(g.passed for g in gates.values())
+    failing = {g.name: g for g in check(_report(drop=0.011, nme_increase=0.02, accuracy=0.985, cosine=0.97), LIMITS)}
+    assert {name for name, g in failing.items() if not g.passed} == {
+        "retinaface-640 AP drop (easy)", "LFW accuracy (int8)", "LFW accuracy drop", "mean cos(int8, float)"}
+    assert failing["retinaface-640 NME increase"].passed  # at the limit passes
+    assert failing["retinaface-640 AP drop (easy)"].usage == pytest.approx(1.1)
+    assert failing["mean cos(int8, float)"].usage == pytest.approx(1.5)  # 0.03 of 1 - 0.98 = 0.02 allowed
+    assert failing["LFW accuracy drop"].usage == pytest.approx(0.011 / 0.003)
+    # the worst quantisation gate; the absolute LFW bar has no stage and never counts
+    assert failing["LFW accuracy (int8)"].stage is None
+    worst = worst_stage(list(failing.values()))
+    assert (worst.name, worst.stage) == ("LFW accuracy drop", "mobilefacenet")
+    assert worst_stage(check(_report(drop=0.005), LIMITS)).stage == "retinaface-640"
+    assert not Gate("no data", "x", float("nan"), 1.0, True).passed
+    assert Gate("one LFW pair of 100", "x", 1.0 - 0.99, 0.01, True).passed  # 0.010000000000000009
+    assert Gate("at the bar", None, 1.13 - 0.15, 0.98, False).passed  # 0.9799999999999999
+
+
+def test_gates_file() -> None:
+    limits, quick = load_limits(), load_limits(quick=True)
+    assert GATES_FILE.name == "gates.toml" and "quick" not in limits
+    assert len(check(_report(), limits)) == 10
+    assert limits["detection"]["retinaface"] == {"easy": 0.01, "medium": 0.01, "hard": 0.02}
+    # --quick's 100 LFW pairs resolve 0.01: one pair may flip there; every other limit is the full run's
+    assert (limits["recognition"]["lfw_accuracy_drop"], quick["recognition"]["lfw_accuracy_drop"]) == (0.003, 0.01)
+    quick["recognition"]["lfw_accuracy_drop"] = limits["recognition"]["lfw_accuracy_drop"]
+    assert quick == limits
+    with pytest.raises(EdgefaceError, match="missing limit landmarks.nme_increase"):
+        check(_report(), {**LIMITS, "landmarks": {}})
+    with pytest.raises(EdgefaceError, match="must be a number"):
+        check(_report(), {**LIMITS, "landmarks": {"nme_increase": "small"}})
+
+
+def test_missing_data_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-quant", "--data", str(tmp_path / "absent"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"edgeface: error: {tmp_path / 'absent'}: labelled data folder not found "
+                   "(pass --data DIR or set EDGEFACE_DATA)"]
+    (tmp_path / "partial").mkdir()
+    assert main(["check-quant", "--data", str(tmp_path / "partial")]) == 2
+    assert "missing wider_val_dev, dlib_landmarks, lfw_fold1, celeba_dev" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_check_quant_quick(manifest: Manifest, data: Path, tmp_path: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("scipy")
+    out = tmp_path / "report"
+    code = main(["check-quant", "--quick", "--json", "--data", str(data), "--out", str(out)])
+    printed = json.loads(capsys.readouterr().out)
+    report = json.loads((out / "report.json").read_text())
+    assert printed == report
+    assert code == (0 if report["passed"] else 1)
+    assert {"meta", "detection", "landmarks", "recognition", "snr", "gates", "passed"} <= set(report)
+    assert report["meta"]["quick"] is True
+    assert {row["model"] for row in report["detection"]} == {"retinaface-320", "retinaface-640", "mtcnn-640"}
+    for row in report["detection"]:
+        assert set(row["ap"]["int8"]) == set(SETTINGS) and 0 < row["ap"]["float"]["easy"] <= 1
+    assert {row["detector"] for row in report["landmarks"]} == {"retinaface", "mtcnn"}
+    recognition = report["recognition"]
+    assert recognition["lfw"]["pairs"] == 100 and "interleaved" in recognition["lfw"]["folds"]
+    assert set(recognition["lfw"]["int8"]["tar_at_far"]) == {"0.01", "0.001"}
+    assert 0 < recognition["cosine"]["mean"] <= 1
+    identification = recognition["identification"]
+    assert 200 <= identification["photos"] < 260 and identification["enrolled_people"] > 0
+    assert "recommended_threshold" in identification["int8"]
+    assert report["snr"]["models"] and all(report["snr"]["models"].values())
+    assert len(report["gates"]) == 3 * 3 + 2 + 3
+    assert report["passed"] == all(g["passed"] for g in report["gates"])
+    for name in ("report.md", "pr_easy.png", "pr_medium.png", "pr_hard.png", "nme_cdf.png", "lfw_roc.png",
+                 "cosine_hist.png"):
+        assert (out / name).stat().st_size > 0, name
+    text = (out / "report.md").read_text()
+    assert "## Gates" in text and "10 interleaved sub-folds" in text and "![ROC](lfw_roc.png)" in text
