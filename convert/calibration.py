@@ -109,6 +109,22 @@ def face_crops(calib: CalibrationSet, size: int) -> Iterator[np.ndarray]:
             yield crop_square_resized(photo, np.array([[x, y, x + side, y + side]]), size).astype(np.float32)
 
 
+def liveness_crops(calib: CalibrationSet, size: int, limit: int = 300) -> Iterator[np.ndarray]:
+    """The liveness model's view: squares around found faces (edgeface.liveness.face_square), scale-jittered."""
+    rng = np.random.default_rng(SEED + size + 1)
+    count = 0
+    for index, photo in enumerate(calib.photos()):
+        found = calib.faces.get(index)
+        for box in [] if found is None else list(found.boxes)[:4]:
+            side = max(box[2] - box[0], box[3] - box[1]) * rng.uniform(0.9, 1.2)
+            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+            yield crop_square_resized(photo, np.array([[cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]]),
+                                      size).astype(np.float32)
+            count += 1
+            if count >= limit:
+                return
+
+
 def aligned_faces(calib: CalibrationSet, limit: int = 1000) -> Iterator[np.ndarray]:
     """112 x 112 faces aligned by the float RetinaFace's landmarks, as MobileFaceNet sees them."""
     count = 0

@@ -36,31 +36,34 @@ CLIP_QUANTILE = 0.99999  # int8 ranges clip each activation's per-face 0.001 % t
 class _Graph:
     """The flatbuffer's only subgraph, with each tensor's consumers and numpy views of the constants."""
 
-    def __init__(self, tflite_bytes: bytes) -> None:
+    def __init__(self, tflite_bytes: bytes, source: str = SOURCE) -> None:
         from tensorflow.lite.python import schema_py_generated as schema
 
-        self.schema = schema
+        self.schema, self.source = schema, source
         try:
             model = schema.ModelT.InitFromPackedBuf(bytearray(tflite_bytes), 0)
         except Exception as error:  # flatbuffers raises assorted errors on garbage
-            raise ConvertError(f"{SOURCE}: not a TFLite flatbuffer ({error})") from None
+            raise ConvertError(f"{source}: not a TFLite flatbuffer ({error})") from None
         if len(model.subgraphs) != 1:
-            raise ConvertError(f"{SOURCE}: expected 1 subgraph, found {len(model.subgraphs)}")
+            raise ConvertError(f"{source}: expected 1 subgraph, found {len(model.subgraphs)}")
         self.buffers, graph = model.buffers, model.subgraphs[0]
         self.tensors, self.ops = graph.tensors, graph.operators
-        if len(graph.inputs) != 1 or len(graph.outputs) != 1:
-            raise ConvertError(f"{SOURCE}: expected one input and one output")
-        self.input, self.output = int(graph.inputs[0]), int(graph.outputs[0])
+        if len(graph.inputs) != 1:
+            raise ConvertError(f"{source}: expected one input")
+        self.input, self.outputs = int(graph.inputs[0]), [int(t) for t in graph.outputs]
+        self.output = self.outputs[0]
         names = {value: key for key, value in vars(schema.BuiltinOperator).items() if not key.startswith("_")}
         codes = [max(code.builtinCode, code.deprecatedBuiltinCode) for code in model.operatorCodes]
         self.kinds = [names.get(codes[op.opcodeIndex], "CUSTOM") for op in self.ops]
         self.consumers: dict[int, list[int]] = {}
+        self.producer: dict[int, int] = {}
         for i in range(len(self.ops)):
             for t in self.ins(i):
                 self.consumers.setdefault(t, []).append(i)
+            self.producer[self.out(i)] = i
 
     def ins(self, op: int) -> list[int]:
-        return [int(t) for t in self.ops[op].inputs]
+        return [int(t) for t in self.ops[op].inputs if t >= 0]
 
     def out(self, op: int) -> int:
         return int(self.ops[op].outputs[0])
@@ -72,13 +75,18 @@ class _Graph:
         return [int(d) for d in self.tensors[tensor].shape]
 
     def const(self, tensor: int) -> np.ndarray | None:
-        """The float32 constant held by `tensor`, or None if it is computed."""
+        """The float32 constant held by `tensor` (float16 weights behind a DEQUANTIZE too), or None if computed."""
+        op = self.producer.get(tensor)
+        if op is not None and self.kinds[op] == "DEQUANTIZE":
+            tensor = self.ins(op)[0]
         data = self.buffers[self.tensors[tensor].buffer].data
         if data is None or len(data) == 0:
             return None
-        if self.tensors[tensor].type != self.schema.TensorType.FLOAT32:
-            raise ConvertError(f"{SOURCE}: constant {self.name(tensor)} is not float32 (a quantised model?)")
-        return np.frombuffer(bytes(data), np.float32).reshape(self.shape(tensor))
+        dtypes = {self.schema.TensorType.FLOAT32: np.float32, self.schema.TensorType.FLOAT16: np.float16}
+        if self.tensors[tensor].type not in dtypes:
+            raise ConvertError(f"{self.source}: constant {self.name(tensor)} is not float32/16 (a quantised model?)")
+        dtype = dtypes[self.tensors[tensor].type]
+        return np.frombuffer(bytes(data), dtype).astype(np.float32).reshape(self.shape(tensor))
 
     def option(self, op: int, field: str) -> Any:
         return getattr(self.ops[op].builtinOptions, field)
@@ -97,6 +105,7 @@ class _Builder:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.onnx_name = {graph.input: "input_centered"}  # TFLite tensor -> ONNX tensor name
+        self.input_scale = SCALE  # folded into the convolutions that read the input
         self.fused: set[int] = set()  # ABS/SUB/MUL/ADD ops already folded into a PRelu
         activation = graph.schema.ActivationFunctionType
         self.activations = {activation.RELU: ("Relu",), activation.RELU6: ("Clip", 0.0, 6.0)}  # besides NONE
@@ -145,7 +154,7 @@ class _Builder:
         else:  # [O, kh, kw, I] -> [O, I, kh, kw]
             weight = weight.transpose(0, 3, 1, 2)
         if x == g.input:
-            weight = weight * SCALE  # the input is only centred by the Sub node (see the module docstring)
+            weight = weight * self.input_scale  # the input is only centred by the Sub node (see the module docstring)
         label = "depthwise" if depthwise else "conv"
         name = self.node_name(g.out(op), label)
         inputs = [self.source(op), self.const(f"{name}/weight", weight)]

@@ -14,6 +14,7 @@ from edgeface.errors import ModelError
 from edgeface.gallery import Gallery
 from edgeface.images import load_image
 from edgeface.interpreter import TFLiteModel
+from edgeface.liveness import Liveness
 from edgeface.manifest import Manifest, ModelSpec, load_manifest, model_key
 from edgeface.mtcnn import CascadeSettings, Mtcnn
 from edgeface.profiles import Profile, load_profile
@@ -29,6 +30,8 @@ class Face:
     embedding: np.ndarray | None = None
     identity: str | None = None
     similarity: float | None = None
+    liveness: float | None = None
+    live: bool | None = None
 
     @property
     def area(self) -> float:
@@ -47,6 +50,9 @@ class Face:
         if self.identity is not None:
             data["identity"] = self.identity
             data["similarity"] = round(float(self.similarity), 5)
+        if self.liveness is not None:
+            data["liveness"] = round(float(self.liveness), 5)
+            data["live"] = bool(self.live)
         return data
 
 
@@ -107,6 +113,20 @@ class FaceAnalyzer:
     def embedder(self) -> Embedder:
         """The MobileFaceNet embedder at this analyzer's precision (loaded on first use)."""
         return Embedder(self._model(self.manifest.get("mobilefacenet", self.precision)))
+
+    @cached_property
+    def liveness_scorer(self) -> Liveness:
+        """The anti-spoofing scorer at this analyzer's precision, at the profile's threshold when it sets one."""
+        runtime = self.profile.runtime
+        return Liveness.load(self.manifest, self.precision, runtime.threads, runtime.delegate,
+                             threshold=self.profile.liveness.threshold)
+
+    def score_liveness(self, image: np.ndarray, faces: list[Face]) -> list[Face]:
+        """Give each face of an RGB image its P(live) and the verdict at the liveness threshold."""
+        for face in faces:
+            face.liveness = self.liveness_scorer.score(image, face.box)
+            face.live = self.liveness_scorer.is_live(face.liveness)
+        return faces
 
     @property
     def embedding_model_sha256(self) -> str:

@@ -90,7 +90,7 @@ def _existing_gallery(path: Path) -> Path:
 
 
 def cmd_faces(args: argparse.Namespace) -> int:
-    """detect / embed / identify over images and folders."""
+    """detect / embed / liveness / identify over images and folders."""
     analyzer = _analyzer(args)
     gallery = analyzer.open_gallery(_existing_gallery(args.gallery)) if args.command == "identify" else None
     inputs = list(iter_inputs(args.paths))
@@ -103,6 +103,8 @@ def cmd_faces(args: argparse.Namespace) -> int:
                 faces = analyzer.identify(image, gallery)
             elif args.command == "embed":
                 faces = analyzer.embed(image)
+            elif args.command == "liveness":
+                faces = analyzer.score_liveness(image, analyzer.detect(image))
             else:
                 faces = analyzer.detect(image)
         except ImageError as error:
@@ -312,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="edgeface", description="Offline face detection and recognition.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("detect", "detect faces"), ("embed", "detect faces and embed them")):
+    for name, text in (("detect", "detect faces"), ("embed", "detect faces and embed them"),
+                       ("liveness", "detect faces and score them live or spoof (printed photos)")):
         command = sub.add_parser(name, help=text)
         command.add_argument("paths", nargs="+", metavar="PATH", help="image file or folder (recursed)")
         _face_options(command)

@@ -50,12 +50,6 @@ class Recognizer(Protocol):
     def __call__(self, frame: np.ndarray) -> Face | None: ...
 
 
-class Liveness(Protocol):
-    """A liveness stage: how likely `face` in `frame` is a live person (higher = more likely)."""
-
-    def __call__(self, frame: np.ndarray, face: Face) -> float: ...
-
-
 Session = Callable[[], AbstractContextManager[tuple[Iterable[np.ndarray], Recognizer]]]
 """Opens what one attempt needs (frames and a recognizer); called again after every failure."""
 
@@ -110,12 +104,14 @@ def audit_logger(path: Path | None) -> logging.Logger:
 
 
 class GalleryRecognizer:
-    """Detect, embed only the largest face and name it from the gallery at the profile's match threshold."""
+    """Detect, embed only the largest face and name it from the gallery at the profile's match threshold;
+    with `check_liveness`, also score it live or spoof (edgeface.liveness)."""
 
-    def __init__(self, analyzer: FaceAnalyzer, gallery: Gallery) -> None:
+    def __init__(self, analyzer: FaceAnalyzer, gallery: Gallery, check_liveness: bool = False) -> None:
         self.analyzer = analyzer
         self.gallery = gallery
         self.threshold = analyzer.profile.recognition.match_threshold
+        self.check_liveness = check_liveness
 
     def __call__(self, frame: np.ndarray) -> Face | None:
         faces = self.analyzer.detect(frame)
@@ -124,6 +120,8 @@ class GalleryRecognizer:
         face = max(faces, key=lambda f: f.area)
         face.embedding = self.analyzer.embedder.embed(frame, np.array([face.landmarks]))[0]
         [(face.identity, face.similarity)] = self.gallery.identify(face.embedding[None], self.threshold)
+        if self.check_liveness:
+            self.analyzer.score_liveness(frame, [face])
         return face
 
 
@@ -143,14 +141,12 @@ def _stop_on_signals(stop: Callable[[str], None]) -> Iterator[None]:
 
 
 class DoorLock:
-    """The decision loop. `liveness`, when given with its threshold, must pass before a match counts."""
+    """The decision loop. A face the recognizer judged not live (`Face.live` False) never counts as a match."""
 
-    def __init__(self, config: DoorlockConfig, relay: Relay, audit: logging.Logger,
-                 liveness: tuple[Liveness, float] | None = None) -> None:
+    def __init__(self, config: DoorlockConfig, relay: Relay, audit: logging.Logger) -> None:
         self.config = config
         self.relay = relay
         self.audit = audit
-        self.liveness = liveness
         self._votes: deque[str | None] = deque(maxlen=config.window)
         self._stop = threading.Event()
         self._stop_reason = ""
@@ -166,6 +162,7 @@ class DoorLock:
             "decision": decision,
             "identity": face.identity if face is not None else None,
             "similarity": round(float(face.similarity), 4) if face is not None else None,
+            "liveness": round(float(face.liveness), 4) if face is not None and face.liveness is not None else None,
             **extra,
         }
         self.audit.info(json.dumps(record))
@@ -184,7 +181,7 @@ class DoorLock:
         if face is None:
             self._votes.append(None)
             return None
-        live = self.liveness is None or self.liveness[0](frame, face) >= self.liveness[1]
+        live = face.live is not False
         name = face.identity if live and face.identity != UNKNOWN else None
         self._votes.append(name)
         votes = self._votes.count(name) if name is not None else 0
@@ -252,7 +249,7 @@ def run(profile: Profile, gallery: Path, source: str, *, relay_pin: int | None =
             raise GalleryError(f"{gallery}: no such gallery (create it with 'edgeface enroll')")
         analyzer = FaceAnalyzer(profile)
         with analyzer.open_gallery(gallery) as people, open_source(source, profile.camera) as frames:
-            yield frames, GalleryRecognizer(analyzer, people)
+            yield frames, GalleryRecognizer(analyzer, people, profile.liveness.required)
 
     try:
         return DoorLock(config, relay, audit).run(session)

@@ -165,6 +165,15 @@ class DoorlockConfig(_Table):
 
 
 @dataclass(frozen=True)
+class LivenessConfig(_Table):
+    """The anti-spoofing stage: whether the door lock requires it, and an optional threshold on P(live)
+    (left out: the threshold fitted for the profile's precision, see edgeface.liveness)."""
+
+    required: bool = _key()
+    threshold: float | None = _key(_between(0, 1), default=None)
+
+
+@dataclass(frozen=True)
 class ExpectedConfig(_Table):
     """A documented expected latency and where the figure comes from."""
 
@@ -189,6 +198,7 @@ class Profile(_Table):
     recognition: RecognitionConfig = _key()
     camera: CameraConfig = _key()
     doorlock: DoorlockConfig = _key()
+    liveness: LivenessConfig = _key()
     expected: ExpectedConfig | None = _key(default=None)
 
     def with_overrides(self, *, detector: str | None = None, input_size: int | None = None,

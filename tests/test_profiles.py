@@ -44,6 +44,8 @@ relay_pin = 17
 relay_active_high = true
 backoff_seconds = 1.0
 backoff_max_seconds = 30.0
+[liveness]
+required = true
 """
 
 
@@ -145,6 +147,9 @@ def test_missing_file(tmp_path: Path) -> None:
     (edited("backoff_max_seconds = 30.0", "backoff_max_seconds = 0.5"), "doorlock.backoff_max_seconds",
      "must be at least doorlock.backoff_seconds"),
     (edited("window = 5", "window = 5\nframes = 2"), "doorlock.frames", "unknown key"),
+    (edited("required = true", "required = true\nthreshold = 1.5"), "liveness.threshold",
+     "must be between 0 and 1, got 1.5"),
+    (edited("required = true", 'required = "yes"'), "liveness.required", 'must be a boolean, got string "yes"'),
     (VALID + "[expected]\nlatency_ms = 120\n", "expected.source", "required when expected.latency_ms"),
     (VALID + '[expected]\nlatency_ms = -1\nsource = "x"\n', "expected.latency_ms", "greater than 0"),
 ])
