@@ -25,7 +25,6 @@ from convert.mobilefacenet import _Builder, _Graph
 
 SOURCE = "FaceAntiSpoofing.tflite"
 SIZE = 256
-OPSET = 13
 SCALE = 1.0 / 255.0
 OUTPUT = "Identity"  # the leaf logits; Identity_1 is the routing mask
 CLIP_QUANTILE = None
@@ -111,13 +110,4 @@ def prepare(tflite_bytes: bytes) -> onnx.ModelProto:
     builder.run()
     last = next(node for node in builder.nodes if node.output[0] == builder.final)
     last.output[0] = "leaf_logits"
-    onnx_graph = helper.make_graph(
-        builder.nodes, "antispoofing",
-        [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("leaf_logits", onnx.TensorProto.FLOAT, [1, 8])],
-        builder.inits)
-    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="edgeface.convert.antispoofing")
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return builder.model("antispoofing", SIZE, "leaf_logits", 8)

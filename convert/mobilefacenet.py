@@ -206,6 +206,17 @@ class _Builder:
         slope = self.const(f"{self.node_name(g.out(add), 'prelu')}/slope", 2 * sign * coefficient.reshape(-1, 1, 1))
         self.emit("PRelu", [self.onnx_name[x], slope], g.out(add), "prelu")
 
+    def model(self, name: str, size: int, output: str, width: int) -> onnx.ModelProto:
+        """The checked ONNX model (opset OPSET) of the nodes built: `image` [1,3,size,size] -> `output` [1,width]."""
+        graph = helper.make_graph(
+            self.nodes, name, [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, size, size])],
+            [helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, [1, width])], self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name=f"edgeface.convert.{name}")
+        model.ir_version = 8
+        onnx.checker.check_model(model, full_check=True)
+        return model
+
     def run(self) -> None:
         g = self.g
         for op, kind in enumerate(g.kinds):
@@ -242,13 +253,4 @@ def prepare(tflite_bytes: bytes) -> onnx.ModelProto:
     if builder.onnx_name.get(graph.output) != last.output[0]:
         raise ConvertError(f"{SOURCE}: the last op does not produce the output {graph.name(graph.output)}")
     last.output[0] = "embedding"
-    onnx_graph = helper.make_graph(
-        builder.nodes, "mobilefacenet",
-        [helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("embedding", onnx.TensorProto.FLOAT, [1, out_shape[1]])],
-        builder.inits)
-    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="edgeface.convert.mobilefacenet")
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return builder.model("mobilefacenet", SIZE, "embedding", out_shape[1])
