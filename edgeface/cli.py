@@ -201,7 +201,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 if len(faces) == 1:
                     gallery.add(portrait["name"], faces[0].embedding[None], [str(path)])
         people = [person for person, _ in gallery.people()]
-        print(f"enrolled {len(people)} people from their portraits: {', '.join(people) or 'none'}")
+        noun = "person" if len(people) == 1 else "people"
+        print(f"enrolled {len(people)} {noun} from their portraits: {', '.join(people) or 'none'}")
         failed = False
         for name, path in inputs:
             try:
