@@ -6,7 +6,7 @@ export EDGEFACE_HOME ?= $(HOME)/.cache/edgeface
 export EDGEFACE_MODELS ?= $(EDGEFACE_HOME)/models
 PROFILE ?= x86
 
-.PHONY: install models test demo check-quant bench bundle edgetpu clean
+.PHONY: install models test demo check-quant bench bundle aarch64-proof edgetpu clean
 
 install: $(VENV)/.installed
 
@@ -46,7 +46,15 @@ bench: models $(BENCH_VENV)/.installed
 bundle: models
 	$(BIN)/python -m deploy.bundle --profile $(PROFILE) --out dist
 
-# Compile the int8 models for the Edge TPU into $(EDGEFACE_MODELS)/edgetpu, when Coral's compiler is installed.
+# The rpi4 bundle's install.sh and 'edgeface detect' in an emulated arm64 Debian bookworm (qemu-user-static,
+# debootstrap; rootfs cached in $(EDGEFACE_HOME)/aarch64-rootfs) against x86-64 on the same models. Needs root.
+aarch64-proof: PROFILE = rpi4
+aarch64-proof: bundle
+	$(BIN)/python -m deploy.aarch64_proof --bundle dist/edgeface-$(PROFILE)-aarch64.tar.gz \
+		--image $(EDGEFACE_HOME)/sample_images/t1.jpg
+
+# Compile the int8 models for the Edge TPU into $(EDGEFACE_MODELS)/edgetpu, when Coral's compiler is installed;
+# each compile's .source-sha256 lets the runtime refuse one made from an older model.
 edgetpu:
 	@if ! command -v edgetpu_compiler > /dev/null; then \
 		echo "edgetpu_compiler is not installed; it runs on x86-64 Debian/Ubuntu. From Coral's apt repository:"; \
@@ -58,6 +66,7 @@ edgetpu:
 		$(MAKE) models && mkdir -p $(EDGEFACE_MODELS)/edgetpu && \
 		for model in $(EDGEFACE_MODELS)/*.int8.tflite; do \
 			edgetpu_compiler --show_operations --out_dir $(EDGEFACE_MODELS)/edgetpu $$model || exit 1; \
+			sha256sum $$model > $(EDGEFACE_MODELS)/edgetpu/$$(basename $$model .tflite)_edgetpu.source-sha256; \
 		done; \
 	fi
 
