@@ -16,7 +16,6 @@ convolution's weights (exact: zero padding of a scaled input is still zero). The
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 from onnx import helper
 

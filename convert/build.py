@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from convert import ConvertError, antispoofing, calibration, mobilefacenet, mtcnn, retinaface, sources
+from convert import ConvertError, antispoofing, calibration, mobilefacenet, mtcnn, retinaface, rewrite, sources
 from convert.calibration import CalibrationSet
 from convert.equalize import channel_ranges, equalize
 from convert.tflite import atomic_write, full_integer, run_onnx2tf
@@ -35,7 +35,8 @@ RETINAFACE_SIZES = (320, 640)
 PNET_EXPORT = 160
 FACE_FINDER = "retinaface-640"
 MTCNN_CALIBRATION = {"input_size": 640, "min_face": 20, "factor": 0.709}
-RUNTIME_FILES = ("images.py", "align.py", "retinaface.py", "mtcnn.py", "nms.py", "interpreter.py", "manifest.py")
+RUNTIME_FILES = ("images.py", "align.py", "detection.py", "retinaface.py", "mtcnn.py", "nms.py", "interpreter.py",
+                 "manifest.py")
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,12 @@ def describe_model(target: Target, model: onnx.ModelProto, path: Path, precision
     )
 
 
+def _onnx2tf(model: onnx.ModelProto, onnx_path: Path, sample: np.ndarray) -> tuple[Path, Path]:
+    """Save `model` at `onnx_path` and convert it with onnx2tf beside it: (SavedModel folder, float .tflite)."""
+    onnx.save(model, onnx_path)
+    return run_onnx2tf(onnx_path, onnx_path.parent, sample)
+
+
 class Builder:
     """Builds the targets into `out`, reusing what is up to date."""
 
@@ -272,12 +279,16 @@ class Builder:
         if target.equalize:
             log(f"{target.key}: activation equalization on {self.calib.name}")
             model = equalize(model, channel_ranges(model, target.samples(self.calib)))
+        rewritten = rewrite.for_xnnpack(model)
+        int8_graph, split = rewrite.for_int8(model)
         with tempfile.TemporaryDirectory(dir=self.cache, prefix=f"work-{target.key}-") as work_dir:
             work = Path(work_dir)
-            onnx_path = work / f"{target.key}.onnx"
-            onnx.save(model, onnx_path)
+            sample = calibration.onnx2tf_sample(self.calib)
             log(f"{target.key}: onnx2tf")
-            saved_model, float_path = run_onnx2tf(onnx_path, work, calibration.onnx2tf_sample(self.calib))
+            saved_model, float_path = _onnx2tf(model, work / f"{target.key}.onnx", sample)
+            if split:
+                log(f"{target.key}: {split} PReLUs split for int8 XNNPACK kernels (convert.rewrite), onnx2tf again")
+                saved_model, _ = _onnx2tf(int8_graph, work / f"{target.key}-int8.onnx", sample)
             log(f"{target.key}: int8 calibration on {self.calib.name}")
             count = sum(1 for _ in target.samples(self.calib))
             int8 = full_integer(saved_model, lambda: target.samples(self.calib), target.clip_quantile)
@@ -286,7 +297,8 @@ class Builder:
             leftovers = float_leftovers(int8_path)
             if leftovers:
                 raise ConvertError(f"{target.key}: int8 model is not full-integer: {', '.join(leftovers[:5])}")
-            method = {"activation_equalization": target.equalize, "clip_quantile": target.clip_quantile}
+            method = {"activation_equalization": target.equalize, "clip_quantile": target.clip_quantile,
+                      "ops_rewritten_for_xnnpack": rewritten + split}
             common = {"converter": self.versions, "calibration": {**self.calib.describe(count), **method}}
             entries = {}
             for precision, path in (("float", float_path), ("int8", int8_path)):

@@ -27,14 +27,14 @@ PASS_THROUGH = ("PRelu", "LeakyRelu", "Relu", "Resize", "Add")
 MAX_SCALE = 64.0  # bound on s_i (after centring their geometric mean on 1), for near-dead channels
 
 
-def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
+def int_attribute(node: onnx.NodeProto, name: str, default: int) -> int:
     """An integer attribute of `node`, or `default`."""
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def _depthwise(conv: onnx.NodeProto) -> bool:
     """True for a grouped convolution (RetinaFace's are all depthwise)."""
-    return _attribute(conv, "group", 1) > 1
+    return int_attribute(conv, "group", 1) > 1
 
 
 @dataclass
@@ -86,7 +86,7 @@ def _groups(graph: onnx.GraphProto) -> list[Group]:
                 valid = False
             elif node.op_type == "Conv":
                 producers.append((node, 0))
-            elif node.op_type == "Concat" and _attribute(node, "axis", 0) == 1 and (parts := concat_parts(node)):
+            elif node.op_type == "Concat" and int_attribute(node, "axis", 0) == 1 and (parts := concat_parts(node)):
                 producers.extend(parts)
             elif node.op_type in PASS_THROUGH:
                 linked.extend(data_inputs(node))
@@ -119,7 +119,7 @@ def _groups(graph: onnx.GraphProto) -> list[Group]:
 
 def _relative_weight_range(consumer: onnx.NodeProto, weights: np.ndarray) -> np.ndarray:
     """Per input channel: max |w| relative to each output channel's max |w| (1 for depthwise, which is per channel)."""
-    group = _attribute(consumer, "group", 1)
+    group = int_attribute(consumer, "group", 1)
     if group == 1:
         row_max = np.abs(weights).reshape(weights.shape[0], -1).max(axis=1)
         relative = np.abs(weights).max(axis=(2, 3)) / np.maximum(row_max, 1e-12)[:, None]

@@ -14,17 +14,17 @@ change is exact in float:
   wrong after a PReLU (negative activations). The pad replicates the edge: a ceil-mode window starts inside
   the input, so the copied last row/column is already in it and the maximum is unchanged. A very negative
   constant is exact in float too, but int8 calibration gives the pad its input's scale and the constant blows
-  that scale up (tried: step 39 on RNet's PReLU1 output); onnx2tf lowers the edge pad to MIRROR_PAD, which
-  keeps the input's scale. PNet's 2x2 pool needs no pad at even heights and widths, so PNet is exported
-  pad-free and stays resizable to any even size.
-The exporter builds F.pad's amounts with a Slice subgraph that hides the static shapes from onnx2tf; onnxsim
-folds it into constants (onnx2tf's own onnxsim pass is skipped when the `onnxsim` CLI is not on PATH).
+  that scale up (tried: step 39 on RNet's PReLU1 output). The edge copy is a Slice and a Concat, which keep
+  the input's scale and run in XNNPACK (an edge-mode Pad becomes MIRROR_PAD, which XNNPACK and the Edge TPU
+  lack). PNet's 2x2 pool needs no pad at even heights and widths, so PNet is exported pad-free and stays
+  resizable to any even size.
+onnxsim then folds the exporter's shape arithmetic into constants (onnx2tf's own onnxsim pass is skipped when
+the `onnxsim` CLI is not on PATH).
 """
 
 from __future__ import annotations
 
 import io
-import warnings
 
 import onnx
 import torch
@@ -139,11 +139,11 @@ class _PaddedPool(nn.Module):
 
     def __init__(self, kernel: int, stride: int, pad_h: int, pad_w: int) -> None:
         super().__init__()
-        self.kernel, self.stride, self.pads = kernel, stride, (0, pad_w, 0, pad_h)
+        self.kernel, self.stride, self.pad_h, self.pad_w = kernel, stride, pad_h, pad_w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if any(self.pads):
-            x = F.pad(x, self.pads, mode="replicate")
+        x = torch.cat([x, *[x[:, :, -1:]] * self.pad_h], dim=2)
+        x = torch.cat([x, *[x[:, :, :, -1:]] * self.pad_w], dim=3)
         return F.max_pool2d(x, self.kernel, self.stride)
 
 
@@ -183,8 +183,6 @@ def export_onnx(net_name: str, state_dict_bytes: bytes, height: int, width: int)
         raise ValueError(f"{net_name}: input must be {size}x{size}, not {height}x{width}")
     module = _Exportable(load(net_name, state_dict_bytes), height, width).eval()
     buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the pad amounts' Slice is folded by onnxsim below, not by the exporter
-        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
-        torch.onnx.export(module, (torch.zeros(1, 3, height, width),), buffer, dynamo=False, opset_version=13,
-                          input_names=["image"], output_names=list(NETS[net_name]["outputs"]))
+    torch.onnx.export(module, (torch.zeros(1, 3, height, width),), buffer, dynamo=False, opset_version=13,
+                      input_names=["image"], output_names=list(NETS[net_name]["outputs"]))
     return simplify(onnx.load_from_string(buffer.getvalue()), net_name).SerializeToString()

@@ -60,7 +60,7 @@ def run_onnx2tf(onnx_path: Path, work: Path, sample_images: np.ndarray) -> tuple
     image model; it looks in the working directory first, so we put one there, made from real photos.
     """
     np.save(work / ONNX2TF_SAMPLE, sample_images.astype(np.float32))
-    out = work / "onnx2tf"
+    out = work / f"onnx2tf-{onnx_path.stem}"
     log = work.parent / f"onnx2tf-{onnx_path.stem}.log"  # outside `work`, which is removed on failure
     with open(log, "w") as stream:
         result = subprocess.run(
