@@ -43,22 +43,32 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return matrix
 
 
-def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
-    """Warp the face with these 5 landmarks (x, y in image pixels, template order) of an H x W x 3 uint8 RGB
-    image onto the ArcFace template scaled to size x size; outside the image is black."""
+def align_faces(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+    """Warp each face (N x 5 x 2 landmarks: x, y in image pixels, template order) of an H x W x 3 uint8 RGB
+    image onto the ArcFace template scaled to size x size; N x size x size x 3 uint8, outside the image black."""
     if not (isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8):
         raise ValueError(f"image must be an H x W x 3 uint8 RGB array, got {getattr(image, 'shape', type(image))}")
-    points = np.asarray(landmarks, dtype=np.float64)
-    if points.shape != (5, 2):
-        raise ValueError(f"landmarks must be a 5 x 2 array of (x, y) points, got shape {points.shape}")
+    faces = np.asarray(landmarks, dtype=np.float64)
+    if faces.ndim != 3 or faces.shape[1:] != (5, 2):
+        raise ValueError(f"landmarks must be an N x 5 x 2 array of (x, y) points, got shape {faces.shape}")
     if size < 1:
         raise ValueError(f"output size must be positive, got {size}")
-    forward = np.vstack([similarity_transform(points, ARCFACE_TEMPLATE * (size / 112.0)), [0.0, 0.0, 1.0]])
+    source = Image.fromarray(image)  # once per image: the copy costs more than a warp on a large photo
     # Pillow maps each output pixel back to the input, in coordinates where pixel i spans [i, i + 1):
     # shift by half a pixel on both sides so integer landmark coordinates are pixel centres.
     half = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
-    inverse = half @ np.linalg.inv(forward) @ np.linalg.inv(half)
-    warped = Image.fromarray(image).transform(
-        (size, size), Image.AFFINE, data=tuple(inverse[:2].ravel()), resample=Image.BILINEAR, fillcolor=(0, 0, 0)
-    )
-    return np.asarray(warped, dtype=np.uint8)
+    aligned = np.empty((len(faces), size, size, 3), np.uint8)
+    for i, points in enumerate(faces):
+        forward = np.vstack([similarity_transform(points, ARCFACE_TEMPLATE * (size / 112.0)), [0.0, 0.0, 1.0]])
+        inverse = half @ np.linalg.inv(forward) @ np.linalg.inv(half)
+        aligned[i] = np.asarray(source.transform((size, size), Image.AFFINE, data=tuple(inverse[:2].ravel()),
+                                                 resample=Image.BILINEAR, fillcolor=(0, 0, 0)))
+    return aligned
+
+
+def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+    """`align_faces` for one face: 5 x 2 landmarks -> size x size x 3 uint8."""
+    points = np.asarray(landmarks, dtype=np.float64)
+    if points.shape != (5, 2):
+        raise ValueError(f"landmarks must be a 5 x 2 array of (x, y) points, got shape {points.shape}")
+    return align_faces(image, points[None], size)[0]

@@ -21,3 +21,8 @@ class Detections:
 
     def __len__(self) -> int:
         return len(self.scores)
+
+
+def sigmoid(logits: np.ndarray | float) -> np.ndarray:
+    """The probability of each logit, in float64 (the detectors' face logits, the liveness regression)."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))

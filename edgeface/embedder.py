@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeface.align import align_face
+from edgeface.align import align_faces
 from edgeface.interpreter import TFLiteModel
 
 
@@ -28,4 +28,4 @@ class Embedder:
         """Embeddings of the faces with these landmarks (N x 5 x 2, original pixels) in an RGB image."""
         if len(landmarks) == 0:
             return np.zeros((0, self.dim), np.float32)
-        return self.embed_aligned(np.stack([align_face(image, points, self.size) for points in landmarks]))
+        return self.embed_aligned(align_faces(image, landmarks, self.size))

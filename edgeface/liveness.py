@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from edgeface.detection import sigmoid
 from edgeface.interpreter import TFLiteModel
 from edgeface.manifest import Manifest
 
@@ -44,7 +45,7 @@ class LivenessWeights:
         """P(live) for one face's features."""
         x = np.array([values[name] for name in self.features], np.float64)
         z = float(np.dot(self.coef, (x - np.array(self.mean)) / np.array(self.std)) + self.bias)
-        return float(1.0 / (1.0 + np.exp(-z)))
+        return float(sigmoid(z))
 
 
 # Fitted per precision (int8 shifts the leaf logits down by ~0.15, so float weights would misplace the threshold)

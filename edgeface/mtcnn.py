@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from edgeface.detection import Detections
+from edgeface.detection import Detections, sigmoid
 from edgeface.images import letterbox, resize
 from edgeface.interpreter import TFLiteModel
 from edgeface.nms import nms
@@ -65,10 +65,6 @@ def _regress(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return boxes + offsets * wh
 
 
-def _probability(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-
-
 class Mtcnn:
     """The three-stage MTCNN detector over P/R/O-Net models of the manifest."""
 
@@ -84,7 +80,7 @@ class Mtcnn:
         all_boxes, all_scores = [], []
         for width, height in self.levels:
             out = self.pnet.run(resize(boxed, width, height)[None])
-            prob = _probability(out["face_logit"][0, ..., 0])
+            prob = sigmoid(out["face_logit"][0, ..., 0])
             ys, xs = np.nonzero(prob >= self.settings.thresholds[0])
             if ys.size == 0:
                 continue
@@ -107,7 +103,7 @@ class Mtcnn:
                 threshold: float) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         size = model.spec.input.shape[1]
         out = model.run(crop_square_resized(boxed, boxes, size))
-        prob = _probability(out["face_logit"][:, 0])
+        prob = sigmoid(out["face_logit"][:, 0])
         keep = prob >= threshold
         return boxes[keep], prob[keep], {role: values[keep] for role, values in out.items()}
 

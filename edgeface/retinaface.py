@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeface.detection import Detections
+from edgeface.detection import Detections, sigmoid
 from edgeface.images import Letterbox, letterbox
 from edgeface.interpreter import TFLiteModel
 from edgeface.nms import nms
@@ -50,7 +50,7 @@ class RetinaFace:
             picked_loc.append(outputs[f"loc_s{step}"].reshape(-1, 4)[keep])
             picked_landmarks.append(outputs[f"landmarks_s{step}"].reshape(-1, 10)[keep])
             picked_priors.append(priors[keep])
-        scores = 1.0 / (1.0 + np.exp(-np.concatenate(picked_logits).astype(np.float64)))
+        scores = sigmoid(np.concatenate(picked_logits))
         boxes, landmarks = decode(
             np.concatenate(picked_loc), np.concatenate(picked_landmarks), np.concatenate(picked_priors),
             self.variances,
