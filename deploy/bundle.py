@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from edgeface.errors import EdgefaceError, ModelError
+from edgeface.interpreter import EDGETPU_FOLDER, edgetpu_compiled
 from edgeface.manifest import MANIFEST_NAME, Manifest, ModelSpec, load_manifest, model_key
 from edgeface.profiles import Profile, load_profile
 
@@ -54,11 +55,13 @@ PLATFORMS = {
 
 
 def profile_models(profile: Profile, manifest: Manifest) -> dict[str, ModelSpec]:
-    """The manifest entries a profile runs, by manifest key: its detector at its input size, and MobileFaceNet."""
+    """The manifest entries a profile runs, by manifest key: its detector at its input size, MobileFaceNet, and the
+    anti-spoofing net when the profile requires liveness (the door lock would otherwise stay locked)."""
     detector = profile.detector
     keys = [model_key("retinaface", detector.input_size)] if detector.name == "retinaface" else ["pnet", "rnet", "onet"]
+    keys += ["mobilefacenet", *(["antispoofing"] if profile.liveness.required else [])]
     precision = profile.runtime.precision
-    return {f"{key}.{precision}": manifest.get(key, precision) for key in [*keys, "mobilefacenet"]}
+    return {f"{key}.{precision}": manifest.get(key, precision) for key in keys}
 
 
 def _copy_models(profile: Profile, manifest: Manifest, folder: Path) -> None:
@@ -70,6 +73,11 @@ def _copy_models(profile: Profile, manifest: Manifest, folder: Path) -> None:
         if hashlib.sha256(data).hexdigest() != spec.sha256:
             raise ModelError(f"{manifest.path(spec)}: sha256 differs from the manifest (rebuilt meanwhile?); rerun")
         (folder / spec.file).write_bytes(data)
+        compiled = edgetpu_compiled(manifest, spec) if profile.runtime.delegate == "edgetpu" else None
+        if compiled is not None:  # `make edgetpu` output, checked against this very model file
+            (folder / EDGETPU_FOLDER).mkdir(exist_ok=True)
+            for path in (compiled, compiled.with_suffix(".source-sha256")):
+                shutil.copy2(path, folder / EDGETPU_FOLDER / path.name)
     listing = {"manifest_version": manifest.version, "models": {key: spec.to_dict() for key, spec in specs.items()}}
     (folder / MANIFEST_NAME).write_text(json.dumps(listing, indent=1) + "\n")
 

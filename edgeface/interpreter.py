@@ -13,6 +13,9 @@ from edgeface.errors import ModelError
 from edgeface.manifest import Manifest, ModelSpec, TensorSpec
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
+EDGETPU_FOLDER = "edgetpu"
+"""Where `make edgetpu` writes `<model>_edgetpu.tflite` (and the sha256 of the int8 file it compiled) in the
+models folder."""
 DELEGATES = ("xnnpack", "edgetpu", "none")
 
 
@@ -33,20 +36,56 @@ def _runtime() -> Any:
     return module
 
 
-def make_interpreter(path: Path, threads: int = 2, delegate: str = "xnnpack") -> Any:
-    """An interpreter for `path`. 'none' disables XNNPACK; 'edgetpu' falls back to the CPU with a warning."""
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Print a warning to stderr the first time it comes up in this process."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"edgeface: warning: {message}", file=sys.stderr)
+
+
+def edgetpu_delegate() -> Any | None:
+    """A fresh Edge TPU delegate, or None (with one warning per process) when libedgetpu or the device is missing."""
+    try:
+        return _runtime().load_delegate(EDGETPU_LIBRARY)
+    except (ValueError, OSError, RuntimeError) as error:
+        _warn_once(f"Edge TPU delegate unavailable ({error}); the models run on the CPU")
+        return None
+
+
+def edgetpu_compiled(manifest: Manifest, spec: ModelSpec) -> Path | None:
+    """The Edge TPU compile of `spec`'s file that `make edgetpu` wrote, or None (with one warning) if there is none.
+
+    None for a resizable model (P-Net changes shape per pyramid level; a compiled model has fixed shapes). A
+    compile of other bytes than the manifest's (the models were rebuilt since) is an error, not a fallback.
+    """
+    if spec.preprocessing.get("resizable"):
+        return None
+    compiled = manifest.root / EDGETPU_FOLDER / f"{Path(spec.file).stem}_edgetpu.tflite"
+    if not compiled.is_file():
+        _warn_once(f"no Edge TPU compile of {spec.file} in {compiled.parent}; run 'make edgetpu'. "
+                   f"Running it on the CPU")
+        return None
+    source = compiled.with_suffix(".source-sha256")
+    if not source.is_file() or source.read_text().split()[:1] != [spec.sha256]:
+        raise ModelError(f"{compiled}: not compiled from the current {spec.file} ({source.name} differs or is "
+                         "missing); rerun 'make edgetpu'")
+    return compiled
+
+
+def make_interpreter(path: Path, threads: int = 2, delegate: str = "xnnpack", edgetpu: Any | None = None) -> Any:
+    """An interpreter for `path` on the CPU ('xnnpack', or 'none' for TFLite's own kernels only); with an
+    `edgetpu` delegate (`edgetpu_delegate()`), a compiled model's Edge TPU ops run there."""
     module = _runtime()
-    if delegate not in DELEGATES:
-        raise ModelError(f"unknown delegate '{delegate}' (choose from {', '.join(DELEGATES)})")
+    if delegate not in ("xnnpack", "none"):
+        raise ModelError(f"unknown CPU delegate '{delegate}' (choose from xnnpack, none)")
     options: dict[str, Any] = {"model_path": str(path), "num_threads": threads}
     if delegate == "none":
         options["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    elif delegate == "edgetpu":
-        try:
-            options["experimental_delegates"] = [module.load_delegate(EDGETPU_LIBRARY)]
-        except (ValueError, OSError, RuntimeError) as error:
-            print(f"edgeface: warning: Edge TPU delegate unavailable ({error}); running {path.name} on the CPU",
-                  file=sys.stderr)
+    if edgetpu is not None:
+        options["experimental_delegates"] = [edgetpu]
     try:
         return module.Interpreter(**options)
     except (ValueError, RuntimeError) as error:
@@ -83,8 +122,16 @@ class TFLiteModel:
             raise ModelError(f"{path}: model file missing; run 'make models'")
         if verify and hashlib.sha256(path.read_bytes()).hexdigest() != spec.sha256:
             raise ModelError(f"{path}: sha256 differs from the manifest (corrupt or replaced); rerun 'make models'")
+        if delegate not in DELEGATES:
+            raise ModelError(f"unknown delegate '{delegate}' (choose from {', '.join(DELEGATES)})")
+        edgetpu = None
+        if delegate == "edgetpu":
+            compiled = edgetpu_compiled(manifest, spec)
+            edgetpu = edgetpu_delegate() if compiled else None
+            path = compiled if compiled and edgetpu else path
+            delegate = "xnnpack"  # on the CPU: the ops the Edge TPU does not take, or the whole model
         self.path = path
-        self._interpreter = make_interpreter(path, threads, delegate)
+        self._interpreter = make_interpreter(path, threads, delegate, edgetpu)
         self._input_index = self._interpreter.get_input_details()[0]["index"]
         by_name = {d["name"]: d["index"] for d in self._interpreter.get_output_details()}
         missing = [o.name for o in spec.outputs if o.name not in by_name]

@@ -42,7 +42,8 @@ def test_bundle_holds_the_profiles_models_only(installed: Path, manifest: Manife
     bundle = installed / "unpacked" / f"edgeface-{PROFILE}-native"
     expected = profile_models(load_profile(PROFILE), manifest)
     listing = json.loads((bundle / "models" / "manifest.json").read_text())
-    assert sorted(listing["models"]) == sorted(expected) == ["mobilefacenet.int8", "retinaface-640.int8"]
+    assert sorted(listing["models"]) == sorted(expected) == [
+        "antispoofing.int8", "mobilefacenet.int8", "retinaface-640.int8"]  # rpi4 requires liveness
     for entry in listing["models"].values():
         assert hashlib.sha256((bundle / "models" / entry["file"]).read_bytes()).hexdigest() == entry["sha256"]
     assert sorted(p.name for p in (bundle / "models").iterdir()) == sorted(
@@ -82,3 +83,8 @@ def test_offline_install_detects_like_this_checkout(installed: Path, data: Path)
     for face in theirs["faces"]:
         nearest = np.abs(boxes - face["box"]).max(axis=1).min()
         assert nearest <= pixel + 0.01, f"{face['box']}: {nearest:.2f} px from the nearest box here ({pixel:.2f})"
+    # The door lock's liveness stage runs from the bundle too.
+    live = subprocess.run([str(opt / "bin" / "edgeface"), "liveness", "--json", "--profile", str(opt / f"{PROFILE}.toml"),
+                           str(photo)], capture_output=True, text=True, timeout=300, env=env)
+    assert live.returncode == 0, live.stderr
+    assert all(isinstance(face["live"], bool) for face in json.loads(live.stdout)["faces"])

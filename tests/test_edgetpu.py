@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from edgeface import interpreter
 from edgeface.cli import main
 from edgeface.edgetpu import EDGETPU_OPS, edgetpu_problems
+from edgeface.errors import ModelError
 from edgeface.inspection import model_ops
-from edgeface.manifest import Manifest
+from edgeface.interpreter import EDGETPU_FOLDER, TFLiteModel
+from edgeface.manifest import MANIFEST_NAME, Manifest, load_manifest
 
 
 def int8_models(manifest: Manifest) -> dict[str, Path]:
@@ -24,11 +30,9 @@ def test_int8_verdicts_follow_the_supported_op_list(manifest: Manifest) -> None:
         assert problems == [f"op {op} x{model_ops(path).count(op)} is not supported by the Edge TPU"
                             for op in unsupported], key
         verdicts[key] = unsupported
-    # What the current conversions give (LEAKY_RELU and MIRROR_PAD are not on Coral's list; PRELU is).
-    if "LEAKY_RELU" in model_ops(manifest.path(manifest.get("retinaface-640", "int8"))):
-        assert "LEAKY_RELU" in verdicts["retinaface-640.int8"]
-    assert verdicts["mobilefacenet.int8"] == [] and verdicts["pnet.int8"] == []
-    assert "PRELU" in EDGETPU_OPS and "LEAKY_RELU" not in EDGETPU_OPS
+    # What the current conversions give: RetinaFace's LEAKY_RELU and DEPTH_TO_SPACE are not on Coral's list.
+    assert {"LEAKY_RELU", "DEPTH_TO_SPACE"} <= set(verdicts["retinaface-640.int8"])
+    assert all(verdicts[f"{key}.int8"] == [] for key in ("mobilefacenet", "pnet", "rnet", "onet"))
 
 
 def test_float_model_fails(manifest: Manifest) -> None:
@@ -44,3 +48,88 @@ def test_cli_exit_codes_and_names_what_cannot_map(manifest: Manifest, capsys: py
     assert main(["check-edgetpu", str(passing), str(failing)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[1:3] == [f"{failing}: cannot fully map to the Edge TPU", "  " + edgetpu_problems(failing)[0]]
+
+
+@pytest.fixture
+def models_copy(manifest: Manifest, tmp_path: Path) -> Manifest:
+    """A models folder with MobileFaceNet int8 and P-Net int8 only, where a test can add Edge TPU compiles."""
+    keep = {key: spec for key, spec in manifest.models.items() if key in ("mobilefacenet.int8", "pnet.int8")}
+    for spec in keep.values():
+        shutil.copy2(manifest.path(spec), tmp_path / spec.file)
+    listing = {"manifest_version": manifest.version, "models": {key: spec.to_dict() for key, spec in keep.items()}}
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(listing))
+    return load_manifest(tmp_path)
+
+
+def _compile(models: Manifest, key: str, source_sha256: str) -> Path:
+    """Stand in for `make edgetpu`: a copy of the int8 file as its compile, and the sidecar naming its source."""
+    spec = models.get(key, "int8")
+    compiled = models.root / EDGETPU_FOLDER / f"{Path(spec.file).stem}_edgetpu.tflite"
+    compiled.parent.mkdir(exist_ok=True)
+    shutil.copy2(models.path(spec), compiled)
+    compiled.with_suffix(".source-sha256").write_text(f"{source_sha256}  {spec.file}\n")
+    return compiled
+
+
+def test_edgetpu_without_a_compile_runs_on_the_cpu_with_one_warning(
+        models_copy: Manifest, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = models_copy.get("mobilefacenet", "int8")
+    faces = np.random.default_rng(0).integers(0, 256, (1, 112, 112, 3)).astype(np.float32)
+    cpu = TFLiteModel(models_copy, spec, delegate="xnnpack").run(faces)["embedding"]
+    interpreter._warned.clear()
+    on_tpu = [TFLiteModel(models_copy, spec, delegate="edgetpu") for _ in range(2)]
+    assert all(model.path == models_copy.path(spec) for model in on_tpu)
+    np.testing.assert_array_equal(on_tpu[0].run(faces)["embedding"], cpu)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("edgeface: warning")]
+    assert len(warnings) == 1 and "make edgetpu" in warnings[0]
+
+
+def test_edgetpu_runs_the_compiled_model_with_the_delegate(models_copy: Manifest,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled = _compile(models_copy, "mobilefacenet", models_copy.get("mobilefacenet", "int8").sha256)
+    delegate = object()
+    calls = []
+    monkeypatch.setattr(interpreter, "edgetpu_delegate", lambda: delegate)
+    monkeypatch.setattr(interpreter, "make_interpreter",
+                        lambda path, threads, cpu, edgetpu: calls.append((path, cpu, edgetpu)) or
+                        real_make_interpreter(path, threads, cpu))
+    model = TFLiteModel(models_copy, models_copy.get("mobilefacenet", "int8"), delegate="edgetpu")
+    assert model.path == compiled and calls == [(compiled, "xnnpack", delegate)]
+    # P-Net is resized per pyramid level, which a compiled model cannot be: it stays on the CPU.
+    _compile(models_copy, "pnet", models_copy.get("pnet", "int8").sha256)
+    calls.clear()
+    pnet = TFLiteModel(models_copy, models_copy.get("pnet", "int8"), delegate="edgetpu")
+    assert pnet.path == models_copy.path(models_copy.get("pnet", "int8")) and calls[0][2] is None
+
+
+def test_edgetpu_compiled_without_the_device_falls_back_to_the_int8_file(
+        models_copy: Manifest, monkeypatch: pytest.MonkeyPatch) -> None:
+    _compile(models_copy, "mobilefacenet", models_copy.get("mobilefacenet", "int8").sha256)
+    monkeypatch.setattr(interpreter, "_runtime", _runtime_without_edgetpu)
+    spec = models_copy.get("mobilefacenet", "int8")
+    assert TFLiteModel(models_copy, spec, delegate="edgetpu").path == models_copy.path(spec)
+
+
+def test_a_stale_edgetpu_compile_is_an_error_naming_it(models_copy: Manifest) -> None:
+    compiled = _compile(models_copy, "mobilefacenet", "0" * 64)
+    with pytest.raises(ModelError, match=f"{compiled}: not compiled from the current .*make edgetpu"):
+        TFLiteModel(models_copy, models_copy.get("mobilefacenet", "int8"), delegate="edgetpu")
+
+
+real_make_interpreter = interpreter.make_interpreter
+real_runtime = interpreter._runtime
+
+
+def _runtime_without_edgetpu() -> object:
+    """The real runtime module, except that load_delegate fails as it does without libedgetpu."""
+    module = real_runtime()
+
+    class NoEdgeTpu:
+        def __getattr__(self, name: str) -> object:
+            return getattr(module, name)
+
+        @staticmethod
+        def load_delegate(library: str) -> None:
+            raise ValueError(f"Failed to load delegate from {library}")
+
+    return NoEdgeTpu()
