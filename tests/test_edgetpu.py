@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deploy.bundle import _copy_models, profile_models
 from edgeface import interpreter
 from edgeface.cli import main
 from edgeface.edgetpu import EDGETPU_OPS, edgetpu_problems
@@ -16,6 +17,7 @@ from edgeface.errors import ModelError
 from edgeface.inspection import model_ops
 from edgeface.interpreter import EDGETPU_FOLDER, TFLiteModel
 from edgeface.manifest import MANIFEST_NAME, Manifest, load_manifest
+from edgeface.profiles import load_profile
 
 
 def int8_models(manifest: Manifest) -> dict[str, Path]:
@@ -50,15 +52,20 @@ def test_cli_exit_codes_and_names_what_cannot_map(manifest: Manifest, capsys: py
     assert out[1:3] == [f"{failing}: cannot fully map to the Edge TPU", "  " + edgetpu_problems(failing)[0]]
 
 
+def _copy(manifest: Manifest, keys: list[str], folder: Path) -> Manifest:
+    """A models folder holding only these manifest entries, where a test can add Edge TPU compiles."""
+    folder.mkdir(exist_ok=True)
+    keep = {key: manifest.models[key] for key in keys}
+    for spec in keep.values():
+        shutil.copy2(manifest.path(spec), folder / spec.file)
+    listing = {"manifest_version": manifest.version, "models": {key: spec.to_dict() for key, spec in keep.items()}}
+    (folder / MANIFEST_NAME).write_text(json.dumps(listing))
+    return load_manifest(folder)
+
+
 @pytest.fixture
 def models_copy(manifest: Manifest, tmp_path: Path) -> Manifest:
-    """A models folder with MobileFaceNet int8 and P-Net int8 only, where a test can add Edge TPU compiles."""
-    keep = {key: spec for key, spec in manifest.models.items() if key in ("mobilefacenet.int8", "pnet.int8")}
-    for spec in keep.values():
-        shutil.copy2(manifest.path(spec), tmp_path / spec.file)
-    listing = {"manifest_version": manifest.version, "models": {key: spec.to_dict() for key, spec in keep.items()}}
-    (tmp_path / MANIFEST_NAME).write_text(json.dumps(listing))
-    return load_manifest(tmp_path)
+    return _copy(manifest, ["mobilefacenet.int8", "pnet.int8"], tmp_path / "models")
 
 
 def _compile(models: Manifest, key: str, source_sha256: str) -> Path:
@@ -133,3 +140,12 @@ def _runtime_without_edgetpu() -> object:
             raise ValueError(f"Failed to load delegate from {library}")
 
     return NoEdgeTpu()
+
+
+def test_coral_bundle_carries_the_compiles(manifest: Manifest, tmp_path: Path) -> None:
+    profile = load_profile("coral-usb")
+    models = _copy(manifest, list(profile_models(profile, manifest)), tmp_path / "models")
+    compiled = [_compile(models, spec.key, spec.sha256) for spec in models.models.values()]
+    _copy_models(profile, models, tmp_path / "bundle")
+    carried = sorted(path.name for path in (tmp_path / "bundle" / EDGETPU_FOLDER).iterdir())
+    assert carried == sorted([p.name for p in compiled] + [p.with_suffix(".source-sha256").name for p in compiled])

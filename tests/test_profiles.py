@@ -81,7 +81,10 @@ def test_shipped_profiles_all_load() -> None:
         assert profile.mtcnn.thresholds == (0.6, 0.7, 0.7)
         assert profile.recognition.match_threshold == 0.5
         assert profile.doorlock.votes <= profile.doorlock.window
-        assert profile.expected is None
+        # Every expected latency says where it comes from: a measurement here, or a cited and derived figure.
+        assert profile.expected is not None and profile.expected.latency_ms > 0, profile.name
+        source = profile.expected.source
+        assert source.startswith("measured") or (source.startswith("derived") and "https://" in source), source
 
 
 def test_coral_profiles_use_the_edgetpu() -> None:
