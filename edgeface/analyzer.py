@@ -111,8 +111,14 @@ class FaceAnalyzer:
 
     @cached_property
     def embedder(self) -> Embedder:
-        """The MobileFaceNet embedder at this analyzer's precision (loaded on first use)."""
-        return Embedder(self._model(self.manifest.get("mobilefacenet", self.precision)))
+        """The MobileFaceNet embedder at this analyzer's precision (loaded on first use). On the CPU, several faces
+        are embedded in parallel, one single-threaded copy per profile thread (the Edge TPU takes one at a time)."""
+        spec = self.manifest.get("mobilefacenet", self.precision)
+        runtime = self.profile.runtime
+        if runtime.threads < 2 or runtime.delegate == "edgetpu":
+            return Embedder(self._model(spec))
+        return Embedder(self._model(spec), runtime.threads,
+                        lambda: TFLiteModel(self.manifest, spec, threads=1, delegate=runtime.delegate))
 
     @cached_property
     def liveness_scorer(self) -> Liveness:
