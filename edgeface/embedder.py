@@ -11,12 +11,17 @@ from edgeface.align import align_faces
 from edgeface.interpreter import TFLiteModel
 
 
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1."""
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
 class Embedder:
     """Embeds faces with one MobileFaceNet model of the manifest (int8 or float).
 
-    One face runs on `model` with the profile's threads. Several faces run in parallel on `workers` single-threaded
-    copies of it, made on first need by `make_worker`: a 112 x 112 model keeps one core busy far better than it
-    splits over several, so a crowd is embedded about 1.5x faster on 2 cores (interleaved measurement).
+    One face runs on `model` with the profile's threads. Several faces are aligned and embedded in parallel on
+    `workers` single-threaded copies of it, made on first need by `make_worker`: a 112 x 112 model keeps one core
+    busier than it splits over several, and Pillow's warp and the interpreter both release the GIL.
     """
 
     def __init__(self, model: TFLiteModel, workers: int = 1,
@@ -30,30 +35,33 @@ class Embedder:
         self._executor: ThreadPoolExecutor | None = None
 
     def _run(self, model: TFLiteModel, faces: np.ndarray) -> np.ndarray:
-        """Raw embeddings of `faces`, one invoke per face (the model has batch 1)."""
+        """Raw embeddings of aligned `faces`, one invoke per face (the model has batch 1)."""
         vectors = np.empty((len(faces), self.dim), np.float32)
         for i, face in enumerate(faces):
             vectors[i] = model.run(face[None])["embedding"][0]
         return vectors
 
+    def _spread(self, work: Callable[[TFLiteModel, np.ndarray], np.ndarray], items: np.ndarray) -> np.ndarray:
+        """`work(model, some_items)` -> raw embeddings, over all `items`: on `model` alone for fewer than two, else
+        split over the workers (each with its own model), in the order of `items`."""
+        if len(items) < 2 or self._make_worker is None:
+            return work(self.model, items)
+        if self._executor is None:
+            self._pool = [self._make_worker() for _ in range(self._workers)]
+            self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="embed")
+        shares = [items[i::self._workers] for i in range(self._workers)]
+        vectors = np.empty((len(items), self.dim), np.float32)
+        for i, part in enumerate(self._executor.map(work, self._pool, shares)):
+            vectors[i::self._workers] = part
+        return vectors
+
     def embed_aligned(self, faces: np.ndarray) -> np.ndarray:
         """N x size x size x 3 uint8 aligned faces -> N x D unit vectors."""
-        if len(faces) < 2 or self._make_worker is None:
-            vectors = self._run(self.model, faces)
-        else:
-            if self._executor is None:
-                self._pool = [self._make_worker() for _ in range(self._workers)]
-                self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="embed")
-            shares = [faces[i::self._workers] for i in range(self._workers)]  # one worker per model at a time
-            parts = list(self._executor.map(self._run, self._pool, shares))
-            vectors = np.empty((len(faces), self.dim), np.float32)
-            for i, part in enumerate(parts):
-                vectors[i::self._workers] = part
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.maximum(norms, 1e-12)
+        return _unit(self._spread(self._run, faces))
 
     def embed(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """Embeddings of the faces with these landmarks (N x 5 x 2, original pixels) in an RGB image."""
-        if len(landmarks) == 0:
-            return np.zeros((0, self.dim), np.float32)
-        return self.embed_aligned(align_faces(image, landmarks, self.size))
+        def align_and_run(model: TFLiteModel, points: np.ndarray) -> np.ndarray:
+            return self._run(model, align_faces(image, points, self.size))
+
+        return _unit(self._spread(align_and_run, np.asarray(landmarks, dtype=np.float64)))

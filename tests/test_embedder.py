@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgeface.align import ARCFACE_TEMPLATE
 from edgeface.analyzer import FaceAnalyzer
 from edgeface.embedder import Embedder
 from edgeface.interpreter import TFLiteModel
@@ -23,9 +24,13 @@ def test_parallel_embedding_matches_one_interpreter(manifest: Manifest, precisio
         return made[-1]
 
     parallel = Embedder(TFLiteModel(manifest, spec, threads=2), workers=3, make_worker=make_worker)
-    reference = Embedder(TFLiteModel(manifest, spec, threads=1)).embed_aligned(faces)
-    np.testing.assert_allclose(parallel.embed_aligned(faces), reference, atol=1e-6)
+    single = Embedder(TFLiteModel(manifest, spec, threads=1))
+    np.testing.assert_allclose(parallel.embed_aligned(faces), single.embed_aligned(faces), atol=1e-6)
     assert len(made) == (3 if count > 1 else 0)  # one face never loads the copies
+    image = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    landmarks = ARCFACE_TEMPLATE[None] * 1.5 + np.arange(count)[:, None, None] * [30.0, 10.0]
+    np.testing.assert_allclose(parallel.embed(image, landmarks), single.embed(image, landmarks), atol=1e-6)
+    assert parallel.embed(image, np.zeros((0, 5, 2))).shape == (0, single.dim)
 
 
 def test_analyzer_embeds_in_parallel_on_the_cpu_only(manifest: Manifest) -> None:
