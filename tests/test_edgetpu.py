@@ -78,6 +78,25 @@ def _compile(models: Manifest, key: str, source_sha256: str) -> Path:
     return compiled
 
 
+real_make_interpreter = interpreter.make_interpreter
+real_runtime = interpreter._runtime
+
+
+def _runtime_without_edgetpu() -> object:
+    """The real runtime module, except that load_delegate fails as it does without libedgetpu."""
+    module = real_runtime()
+
+    class NoEdgeTpu:
+        def __getattr__(self, name: str) -> object:
+            return getattr(module, name)
+
+        @staticmethod
+        def load_delegate(library: str) -> None:
+            raise ValueError(f"Failed to load delegate from {library}")
+
+    return NoEdgeTpu()
+
+
 def test_edgetpu_without_a_compile_runs_on_the_cpu_with_one_warning(
         models_copy: Manifest, capsys: pytest.CaptureFixture[str]) -> None:
     spec = models_copy.get("mobilefacenet", "int8")
@@ -121,25 +140,6 @@ def test_a_stale_edgetpu_compile_is_an_error_naming_it(models_copy: Manifest) ->
     compiled = _compile(models_copy, "mobilefacenet", "0" * 64)
     with pytest.raises(ModelError, match=f"{compiled}: not compiled from the current .*make edgetpu"):
         TFLiteModel(models_copy, models_copy.get("mobilefacenet", "int8"), delegate="edgetpu")
-
-
-real_make_interpreter = interpreter.make_interpreter
-real_runtime = interpreter._runtime
-
-
-def _runtime_without_edgetpu() -> object:
-    """The real runtime module, except that load_delegate fails as it does without libedgetpu."""
-    module = real_runtime()
-
-    class NoEdgeTpu:
-        def __getattr__(self, name: str) -> object:
-            return getattr(module, name)
-
-        @staticmethod
-        def load_delegate(library: str) -> None:
-            raise ValueError(f"Failed to load delegate from {library}")
-
-    return NoEdgeTpu()
 
 
 def test_coral_bundle_carries_the_compiles(manifest: Manifest, tmp_path: Path) -> None:
