@@ -61,6 +61,9 @@ class Embedder:
 
     def embed(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """Embeddings of the faces with these landmarks (N x 5 x 2, original pixels) in an RGB image."""
+        if len(landmarks) == 0:  # most door-lock frames: no copy of the frame for Pillow
+            return np.zeros((0, self.dim), np.float32)
+
         def align_and_run(model: TFLiteModel, points: np.ndarray) -> np.ndarray:
             return self._run(model, align_faces(image, points, self.size))
 
