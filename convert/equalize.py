@@ -22,14 +22,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from convert import ConvertError
+from convert.onnx_graph import Graph, int_attribute
 
 PASS_THROUGH = ("PRelu", "LeakyRelu", "Relu", "Resize", "Add")
 MAX_SCALE = 64.0  # bound on s_i (after centring their geometric mean on 1), for near-dead channels
-
-
-def int_attribute(node: onnx.NodeProto, name: str, default: int) -> int:
-    """An integer attribute of `node`, or `default`."""
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def _depthwise(conv: onnx.NodeProto) -> bool:
@@ -46,20 +42,14 @@ class Group:
     consumers: list[onnx.NodeProto]
 
 
-def _groups(graph: onnx.GraphProto) -> list[Group]:
+def _groups(g: Graph) -> list[Group]:
     """The equalizable channel spaces of the graph.
 
     A space is a set of tensors joined by channel-wise homogeneous ops (PASS_THROUGH), written only
     by convolutions (directly or through a channel Concat of convolutions read by nothing else) and read only by
     convolutions or those ops; graph outputs are excluded.
     """
-    producer = {output: node for node in graph.node for output in node.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    outputs = {output.name for output in graph.output}
-    inits = {init.name: init for init in graph.initializer}
+    producer, readers, outputs, inits = g.producer, g.readers, g.outputs, g.inits
 
     def data_inputs(node: onnx.NodeProto) -> list[str]:
         return list(node.input) if node.op_type == "Add" else [node.input[0]]
@@ -108,7 +98,7 @@ def _groups(graph: onnx.GraphProto) -> list[Group]:
 
     seen: set[str] = set()
     groups = []
-    for node in graph.node:
+    for node in g.graph.node:
         if node.op_type == "Conv" and node.input[0] not in seen:
             tensors, group = explore(node.input[0])
             seen.update(tensors)
@@ -134,11 +124,10 @@ def equalize(model: onnx.ModelProto, ranges: dict[str, np.ndarray]) -> onnx.Mode
 
     `ranges` maps tensor name -> per-channel max |value| on the calibration inputs (`channel_ranges`).
     """
-    graph = model.graph
-    inits = {init.name: init for init in graph.initializer}
-    arrays = {name: numpy_helper.to_array(inits[name]).astype(np.float32)
-              for node in graph.node if node.op_type == "Conv" for name in node.input[1:]}
-    for group in _groups(graph):
+    g = Graph(model)
+    arrays = {name: numpy_helper.to_array(g.inits[name]).astype(np.float32)
+              for node in g.graph.node if node.op_type == "Conv" for name in node.input[1:]}
+    for group in _groups(g):
         activation = np.max([ranges[name] / max(ranges[name].max(), 1e-12) for name in group.tensors], axis=0)
         activation = np.maximum(activation, 1e-6)
         weight = np.max([_relative_weight_range(c, arrays[c.input[1]]) for c in group.consumers], axis=0)
@@ -156,7 +145,7 @@ def equalize(model: onnx.ModelProto, ranges: dict[str, np.ndarray]) -> onnx.Mode
             shape = (-1, 1, 1, 1) if _depthwise(conv) else (1, -1, 1, 1)
             arrays[conv.input[1]] /= scale.reshape(shape)
     for name, array in arrays.items():
-        inits[name].CopyFrom(numpy_helper.from_array(array, name))
+        g.inits[name].CopyFrom(numpy_helper.from_array(array, name))
     return model
 
 
@@ -164,7 +153,7 @@ def channel_ranges(model: onnx.ModelProto, samples: Iterable[np.ndarray]) -> dic
     """Per-channel max |value| of every equalizable tensor over `samples` (NHWC float batches of 1), by onnxruntime."""
     import onnxruntime
 
-    names = [name for group in _groups(model.graph) for name in group.tensors]
+    names = [name for group in _groups(Graph(model)) for name in group.tensors]
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.output[:]

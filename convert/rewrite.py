@@ -19,43 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-from convert.equalize import int_attribute
-
-
-class _Graph:
-    """Producers, readers and initializers of an ONNX graph, and helpers to add constants."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self.graph = model.graph
-        self.inits = {init.name: init for init in self.graph.initializer}
-        self.producer = {output: node for node in self.graph.node for output in node.output}
-        self.position = {output: i for i, node in enumerate(self.graph.node) for output in node.output}
-        self.readers: dict[str, list[onnx.NodeProto]] = {}
-        for node in self.graph.node:
-            for name in node.input:
-                self.readers.setdefault(name, []).append(node)
-        self.outputs = {output.name for output in self.graph.output}
-
-    def array(self, name: str) -> np.ndarray | None:
-        """The value of initializer `name`, or None when `name` is computed."""
-        return numpy_helper.to_array(self.inits[name]) if name in self.inits else None
-
-    def constant(self, name: str, value: np.ndarray) -> str:
-        """Add a float32 initializer and return its name."""
-        self.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
-        return name
-
-    def sole_reader(self, tensor: str, node: onnx.NodeProto) -> bool:
-        """True when `node` is the only reader of `tensor` and `tensor` is not a graph output."""
-        return tensor not in self.outputs and self.readers.get(tensor) == [node]
-
-    def replace_nodes(self, replacements: dict[int, list[onnx.NodeProto]]) -> None:
-        """Swap node i for `replacements[i]` (topological order is kept when they go in node i's place)."""
-        nodes = [new for i, node in enumerate(self.graph.node) for new in replacements.get(i, [node])]
-        del self.graph.node[:]
-        self.graph.node.extend(nodes)
+from convert.onnx_graph import Graph, int_attribute
 
 
 def _output_axis(layer: onnx.NodeProto) -> int:
@@ -63,7 +29,7 @@ def _output_axis(layer: onnx.NodeProto) -> int:
     return 1 if layer.op_type == "Gemm" and not int_attribute(layer, "transB", 0) else 0
 
 
-def _scaled_copy(g: _Graph, layer: onnx.NodeProto, scale: np.ndarray, name: str) -> onnx.NodeProto | None:
+def _scaled_copy(g: Graph, layer: onnx.NodeProto, scale: np.ndarray, name: str) -> onnx.NodeProto | None:
     """A copy of Conv/Gemm `layer` whose output channels are multiplied by `scale`, or None if it cannot be."""
     weight = g.array(layer.input[1])
     bias = g.array(layer.input[2]) if len(layer.input) > 2 else None
@@ -81,7 +47,7 @@ def _scaled_copy(g: _Graph, layer: onnx.NodeProto, scale: np.ndarray, name: str)
 
 def split_prelu(model: onnx.ModelProto) -> int:
     """Rewrite every PReLU whose input comes from a Conv or Gemm it alone reads (in place); returns the count."""
-    g = _Graph(model)
+    g = Graph(model)
     replacements: dict[int, list[onnx.NodeProto]] = {}
     for index, node in enumerate(g.graph.node):
         if node.op_type != "PRelu":
@@ -114,7 +80,7 @@ def split_prelu(model: onnx.ModelProto) -> int:
 
 def relu_into_concat(model: onnx.ModelProto) -> int:
     """Move each Relu that reads a Concat of convolutions onto the convolutions (in place); returns the count."""
-    g = _Graph(model)
+    g = Graph(model)
     replacements: dict[int, list[onnx.NodeProto]] = {}
     moved = 0
     for index, node in enumerate(g.graph.node):
@@ -140,7 +106,7 @@ def nearest_upsample(model: onnx.ModelProto) -> int:
     With asymmetric coordinates and floor rounding, output (k*i + a, k*j + b) is input (i, j): exactly what
     DepthToSpace makes of the channel block a * k + b when every block is a copy. Returns the count.
     """
-    g = _Graph(model)
+    g = Graph(model)
     inferred = onnx.shape_inference.infer_shapes(model).graph
     shapes = {info.name: [d.dim_value for d in info.type.tensor_type.shape.dim]
               for info in [*inferred.input, *inferred.value_info]}
