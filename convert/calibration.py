@@ -60,7 +60,7 @@ def calibration_set(sample_folder: Path) -> CalibrationSet:
 
 def onnx2tf_sample(calib: CalibrationSet) -> np.ndarray:
     """20 x 128 x 128 x 3 float32 in [0, 1] from real photos, for onnx2tf's own float sanity check."""
-    photos = [resize(photo, 128, 128) for photo, _ in zip(calib.photos(), range(20))]
+    photos = [np.asarray(resize(photo, 128, 128)) for photo, _ in zip(calib.photos(), range(20))]
     while len(photos) < 20:
         photos.append(photos[len(photos) % len(photos)][:, ::-1])
     return np.stack(photos).astype(np.float32) / 255.0
@@ -80,7 +80,7 @@ def pyramid_crops(calib: CalibrationSet, crop: int, input_size: int, min_face: i
         boxed = letterbox(photo, input_size, input_size, fill)[0]
         levels = pyramid_sizes(input_size, input_size, min_face, factor, max_levels=20)
         width, height = levels[rng.integers(len(levels))]
-        level = resize(boxed, width, height)
+        level = np.asarray(resize(boxed, width, height))
         canvas = np.empty((crop, crop, 3), np.uint8)
         canvas[...] = np.asarray(fill, np.uint8)
         y = int(rng.integers(max(1, height - crop + 1)))

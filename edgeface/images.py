@@ -87,16 +87,20 @@ def letterbox(image: np.ndarray, width: int, height: int, fill: tuple[int, int, 
     ratio = min(width / src_w, height / src_h)
     new_w = min(width, max(1, round(src_w * ratio)))
     new_h = min(height, max(1, round(src_h * ratio)))
-    canvas = np.empty((height, width, 3), dtype=np.uint8)
-    canvas[...] = np.asarray(fill, dtype=np.uint8)
-    resized = image if (new_w, new_h) == (src_w, src_h) else resize(image, new_w, new_h)
-    canvas[:new_h, :new_w] = resized
-    return canvas, Letterbox(new_w / src_w, new_h / src_h)
+    canvas = Image.new("RGB", (width, height), tuple(fill))
+    canvas.paste(pillow(image) if (new_w, new_h) == (src_w, src_h) else resize(image, new_w, new_h))
+    return np.asarray(canvas), Letterbox(new_w / src_w, new_h / src_h)
 
 
-def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Bilinear (antialiased when shrinking) resize of an H x W x 3 uint8 array."""
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+def pillow(image: np.ndarray | Image.Image) -> Image.Image:
+    """A Pillow image of an H x W x 3 uint8 RGB array (a copy); a Pillow image as it is. Convert a frame once when
+    several resizes or crops are made from it: the conversion costs about as much as a resize."""
+    return image if isinstance(image, Image.Image) else Image.fromarray(image)
+
+
+def resize(image: np.ndarray | Image.Image, width: int, height: int) -> Image.Image:
+    """Bilinear (antialiased when shrinking) resize of an RGB image: the one filter model inputs are made with."""
+    return pillow(image).resize((width, height), Image.BILINEAR)
 
 
 def list_images(root: Path) -> list[Path]:

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from edgeface.detection import Detections, sigmoid
-from edgeface.images import letterbox, resize
+from edgeface.images import letterbox, pillow, resize
 from edgeface.interpreter import TFLiteModel
 from edgeface.nms import nms
 
@@ -42,13 +42,13 @@ def pyramid_sizes(width: int, height: int, min_face: int, factor: float, max_lev
     return sizes
 
 
-def crop_square_resized(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+def crop_square_resized(image: np.ndarray | Image.Image, boxes: np.ndarray, size: int) -> np.ndarray:
     """N x size x size x 3 crops of `boxes` (black outside the image), antialiased like the calibration."""
-    source = Image.fromarray(image)
+    source = pillow(image)
     crops = np.empty((len(boxes), size, size, 3), np.uint8)
     for i, (x1, y1, x2, y2) in enumerate(np.round(boxes).astype(np.int64)):
         region = source.crop((int(x1), int(y1), max(int(x2), int(x1) + 1), max(int(y2), int(y1) + 1)))
-        crops[i] = np.asarray(region.resize((size, size), Image.BILINEAR))
+        crops[i] = np.asarray(resize(region, size, size))
     return crops
 
 
@@ -75,11 +75,11 @@ class Mtcnn:
         side = settings.input_size
         self.levels = pyramid_sizes(side, side, settings.min_face, settings.factor, settings.max_levels)
 
-    def _proposals(self, boxed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _proposals(self, boxed: Image.Image) -> tuple[np.ndarray, np.ndarray]:
         side = self.settings.input_size
         all_boxes, all_scores = [], []
         for width, height in self.levels:
-            out = self.pnet.run(resize(boxed, width, height)[None])
+            out = self.pnet.run(np.asarray(resize(boxed, width, height))[None])
             prob = sigmoid(out["face_logit"][0, ..., 0])
             ys, xs = np.nonzero(prob >= self.settings.thresholds[0])
             if ys.size == 0:
@@ -99,7 +99,7 @@ class Mtcnn:
         keep = nms(boxes, scores, 0.7)
         return _square(boxes[keep]), scores[keep]
 
-    def _refine(self, model: TFLiteModel, boxed: np.ndarray, boxes: np.ndarray,
+    def _refine(self, model: TFLiteModel, boxed: Image.Image, boxes: np.ndarray,
                 threshold: float) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         size = model.spec.input.shape[1]
         out = model.run(crop_square_resized(boxed, boxes, size))
@@ -111,7 +111,8 @@ class Mtcnn:
                max_faces: int | None = None) -> Detections:
         """Faces in an H x W x 3 uint8 RGB image, in original pixels; `score_threshold` gates ONet's output."""
         side = self.settings.input_size
-        boxed, mapping = letterbox(image, side, side, self.fill)
+        pixels, mapping = letterbox(image, side, side, self.fill)
+        boxed = pillow(pixels)  # converted once for every pyramid level and crop
         empty = Detections(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
         boxes, _ = self._proposals(boxed)
         if len(boxes) == 0:

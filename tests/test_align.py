@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from edgeface.align import ARCFACE_TEMPLATE, align_face, similarity_transform
+from edgeface.align import ARCFACE_TEMPLATE, align_face, align_faces, sampling_matrix, similarity_transform
 from edgeface.datasets import data_dir
 from edgeface.images import list_images, load_image
 
@@ -72,6 +72,22 @@ def test_outside_the_image_is_black() -> None:
     image = np.full((60, 60, 3), 200, np.uint8)
     aligned = align_face(image, ARCFACE_TEMPLATE * 0.3 + 30)  # a small face at the bottom-right corner
     assert (aligned[-1, -1] == 0).all() and (aligned[0, 0] == 200).all()
+
+
+def test_warping_a_crop_equals_warping_the_frame() -> None:
+    """align_faces warps from a crop around each face: the pixels must be those of a warp of the whole frame, for
+    faces inside, across the edges of and beyond the image, tiny or larger than the frame, at any angle."""
+    rng = np.random.default_rng(2)
+    image = _background(rng)
+    height, width = image.shape[:2]
+    faces = [_apply(_similarity(rng.uniform(-np.pi, np.pi), scale, *rng.uniform([-80, -80], [width + 80, height + 80])),
+                    ARCFACE_TEMPLATE - 56)
+             for scale in np.geomspace(0.05, 12, 120)]
+    frame = Image.fromarray(image)
+    for size in (112, 57):
+        expected = [np.asarray(frame.transform((size, size), Image.AFFINE, data=tuple(sampling_matrix(f, size).ravel()),
+                                               resample=Image.BILINEAR, fillcolor=(0, 0, 0))) for f in faces]
+        np.testing.assert_array_equal(align_faces(image, np.array(faces), size), np.array(expected))
 
 
 @pytest.mark.parametrize(
