@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 from conftest import subset
-from edgeface.bench import STAGES, against, bench, detector_stages, gallery_latency, markdown, percentiles
+from edgeface.bench import (PIPELINE_ROUNDS, STAGES, against, bench, detector_stages, gallery_latency,
+                            graph_difference, markdown, percentiles)
+from edgeface.analyzer import FaceAnalyzer
 from edgeface.inspection import model_ops, undelegated_ops
+from edgeface.interpreter import TFLiteModel
 from edgeface.manifest import Manifest
 from edgeface.profiles import load_profile
 
@@ -39,6 +42,19 @@ def test_undelegated_ops_are_ops_of_the_model(manifest: Manifest) -> None:
         assert "DELEGATE" not in outside
 
 
+def test_graph_difference_shows_the_int8_prelu_form(manifest: Manifest) -> None:
+    """MobileFaceNet's float graph keeps its PReLUs; the int8 one has two convolutions, a Mul and an Add in each's
+    place (convert.rewrite.split_prelu). RetinaFace's graphs have the same ops."""
+    def difference(key: str) -> dict[str, int]:
+        return graph_difference({p: TFLiteModel(manifest, manifest.get(key, p), threads=1) for p in ("int8", "float")})
+
+    prelus = Counter(model_ops(manifest.path(manifest.get("mobilefacenet", "float"))))["PRELU"]
+    changed = difference("mobilefacenet")
+    assert prelus > 0 and changed["PRELU"] == -prelus and changed["MUL"] == changed["ADD"] == prelus
+    assert changed.get("CONV_2D", 0) + changed.get("DEPTHWISE_CONV_2D", 0) == prelus
+    assert difference("retinaface-640") == {}
+
+
 def test_bench_small_run(manifest: Manifest, data: Path) -> None:
     profile = load_profile("x86")
     report = bench(profile, subset(data / "group_photos", 1), 1, lambda text: None, gallery_sizes=(10, 100))
@@ -50,6 +66,9 @@ def test_bench_small_run(manifest: Manifest, data: Path) -> None:
     assert ("mtcnn-640", "detector invoke") in stages and ("mtcnn-640", "decode+NMS") not in stages
     assert [row["task"] for row in report["pipeline"]] == ["detect", "detect + embed"]
     assert all(row["photos"] == 1 and row["faces"]["float"] > 0 for row in report["pipeline"])
+    assert all(row["samples"] == PIPELINE_ROUNDS for row in report["pipeline"])  # one photo, every pass timed
+    found = len(FaceAnalyzer(profile).detect(subset(data / "group_photos", 1)[0]))
+    assert all(row["faces"]["int8"] == found for row in report["pipeline"])  # counted once, not per pass
     assert report["against"] == []
     for precision in ("int8", "float"):
         assert report["cold_start"][precision]["first_result_ms"] > 0
