@@ -19,9 +19,9 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 class Embedder:
     """Embeds faces with one MobileFaceNet model of the manifest (int8 or float).
 
-    One face runs on `model` with the profile's threads. Several faces are aligned and embedded in parallel on
-    `workers` single-threaded copies of it, made on first need by `make_worker`: a 112 x 112 model keeps one core
-    busier than it splits over several, and Pillow's warp and the interpreter both release the GIL.
+    One face runs on `model` with the profile's threads. Several faces are embedded in parallel on `workers`
+    single-threaded copies of it, made on first need by `make_worker`: a 112 x 112 model keeps one core busier than
+    it splits over several, and the interpreter releases the GIL while it runs.
     """
 
     def __init__(self, model: TFLiteModel, workers: int = 1,
@@ -41,30 +41,22 @@ class Embedder:
             vectors[i] = model.run(face[None])["embedding"][0]
         return vectors
 
-    def _spread(self, work: Callable[[TFLiteModel, np.ndarray], np.ndarray], items: np.ndarray) -> np.ndarray:
-        """`work(model, some_items)` -> raw embeddings, over all `items`: on `model` alone for fewer than two, else
-        split over the workers (each with its own model), in the order of `items`."""
-        if len(items) < 2 or self._make_worker is None:
-            return work(self.model, items)
+    def embed_aligned(self, faces: np.ndarray) -> np.ndarray:
+        """N x size x size x 3 uint8 aligned faces -> N x D unit vectors: fewer than two on `model` alone, more split
+        evenly over the workers (each with its own copy), in the order given."""
+        if len(faces) < 2 or self._make_worker is None:
+            return _unit(self._run(self.model, faces))
         if self._executor is None:
             self._pool = [self._make_worker() for _ in range(self._workers)]
             self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="embed")
-        shares = [items[i::self._workers] for i in range(self._workers)]
-        vectors = np.empty((len(items), self.dim), np.float32)
-        for i, part in enumerate(self._executor.map(work, self._pool, shares)):
+        shares = [faces[i::self._workers] for i in range(self._workers)]
+        vectors = np.empty((len(faces), self.dim), np.float32)
+        for i, part in enumerate(self._executor.map(self._run, self._pool, shares)):
             vectors[i::self._workers] = part
-        return vectors
-
-    def embed_aligned(self, faces: np.ndarray) -> np.ndarray:
-        """N x size x size x 3 uint8 aligned faces -> N x D unit vectors."""
-        return _unit(self._spread(self._run, faces))
+        return _unit(vectors)
 
     def embed(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-        """Embeddings of the faces with these landmarks (N x 5 x 2, original pixels) in an RGB image."""
-        if len(landmarks) == 0:  # most door-lock frames: no copy of the frame for Pillow
-            return np.zeros((0, self.dim), np.float32)
-
-        def align_and_run(model: TFLiteModel, points: np.ndarray) -> np.ndarray:
-            return self._run(model, align_faces(image, points, self.size))
-
-        return _unit(self._spread(align_and_run, np.asarray(landmarks, dtype=np.float64)))
+        """Embeddings of the faces with these landmarks (N x 5 x 2, original pixels) in an RGB image. They are all
+        aligned first, on this thread: alignment holds the GIL most of its time, and interleaved with the workers'
+        invokes it made both slower."""
+        return self.embed_aligned(align_faces(image, landmarks, self.size))
