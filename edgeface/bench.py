@@ -366,6 +366,10 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"| {r['model']} | {_ms(r['int8'])} | {_ms(r['float'])} | {r['float_over_int8']:.2f}x | "
               f"{r['int8']['size_kb']} | {r['float']['size_kb']} | {_ops(r['int8']['outside_xnnpack'])} | "
               f"{_difference(r['int8_graph_vs_float'])} |" for r in report["models"]]
+    if any(r["int8_graph_vs_float"].get("PRELU", 0) < 0 for r in report["models"]):
+        lines += ["", "Where the int8 graph has fewer PRELU: XNNPACK has no int8 PReLU kernel, so convert.rewrite "
+                  "builds each as relu(y) - sign(a) relu(-|a| y), an extra convolution plus a Mul and an Add, exact "
+                  "but more work than the float twin's one PRELU (README, 'Check quantisation and speed')."]
     lines += ["", f"## Pipeline stages (p50 / p90 ms; align, embed and match for up to {meta['embed_faces_per_photo']} "
               f"faces per photo, match against {meta['stage_gallery']:,} identities)", "",
               "| detector | stage | int8 | float | float / int8 |", "|---|---|---|---|---|"]

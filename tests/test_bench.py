@@ -78,6 +78,7 @@ def test_bench_small_run(manifest: Manifest, data: Path) -> None:
     for heading in ("## Model invoke", "## Pipeline stages", "## Whole pipeline", "## Cold start", "## Gallery"):
         assert heading in text
     assert "MTCNN: the whole cascade" in text and "Against what users pick" not in text
+    assert "Where the int8 graph has fewer PRELU" in text  # MobileFaceNet's float twin keeps its PReLUs
 
 
 def test_against_the_bench_venv(manifest: Manifest, data: Path) -> None:
