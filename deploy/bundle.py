@@ -78,7 +78,7 @@ def _copy_models(profile: Profile, manifest: Manifest, folder: Path) -> None:
             (folder / EDGETPU_FOLDER).mkdir(exist_ok=True)
             for path in (compiled, compiled.with_suffix(".source-sha256")):
                 shutil.copy2(path, folder / EDGETPU_FOLDER / path.name)
-    listing = {"manifest_version": manifest.version, "models": {key: spec.to_dict() for key, spec in specs.items()}}
+    listing = Manifest(folder, manifest.version, specs).to_dict()
     (folder / MANIFEST_NAME).write_text(json.dumps(listing, indent=1) + "\n")
 
 

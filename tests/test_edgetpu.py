@@ -58,8 +58,7 @@ def _copy(manifest: Manifest, keys: list[str], folder: Path) -> Manifest:
     keep = {key: manifest.models[key] for key in keys}
     for spec in keep.values():
         shutil.copy2(manifest.path(spec), folder / spec.file)
-    listing = {"manifest_version": manifest.version, "models": {key: spec.to_dict() for key, spec in keep.items()}}
-    (folder / MANIFEST_NAME).write_text(json.dumps(listing))
+    (folder / MANIFEST_NAME).write_text(json.dumps(Manifest(folder, manifest.version, keep).to_dict()))
     return load_manifest(folder)
 
 
