@@ -7,7 +7,6 @@ wheel are used instead and the manifest says so.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +31,6 @@ class CalibrationSet:
     name: str
     paths: list[Path]
     faces: dict[int, Detections] = field(default_factory=dict)
-
-    def fingerprint(self) -> str:
-        """Changes when the set of photos changes (names and sizes)."""
-        digest = hashlib.sha256(self.name.encode())
-        for path in self.paths:
-            digest.update(f"{path.name}:{path.stat().st_size}".encode())
-        return digest.hexdigest()[:16]
 
     def photos(self) -> Iterator[np.ndarray]:
         """Each photo as H x W x 3 uint8 RGB."""
