@@ -1,10 +1,15 @@
-"""Image loading (EXIF-aware, any Pillow mode) and letterboxing with its exact inverse."""
+"""Image loading (EXIF-aware, any Pillow mode, bounded memory), the input walker, and letterboxing."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -12,9 +17,14 @@ from PIL import Image, ImageOps
 from edgeface.errors import ImageError
 
 MAX_PIXELS = 100_000_000
-"""Refuse images above this many pixels (a decompression bomb, or simply too large for a Pi)."""
+"""The default cap on decoded pixels (a profile sets its board's own: `[runtime] max_image_pixels`)."""
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
+
+EMPTY_FOLDER = "no files in this folder"
+
+ImageInput = Union[str, Path, bytes, Image.Image, np.ndarray]
+"""What the API accepts as an image: a file path, encoded file bytes, a Pillow image, or an H x W x 3 uint8 array."""
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
@@ -31,35 +41,180 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file as H x W x 3 uint8 RGB, rotated upright by its EXIF orientation.
+def load_image(image: ImageInput, *, bgr: bool = False, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Any `ImageInput` as H x W x 3 uint8 RGB. A file (path or bytes) is turned upright by its EXIF orientation;
+    an array is checked and used as it is (`bgr=True`: its channels are in OpenCV's B, G, R order).
 
-    Raises ImageError (naming the file) for a missing, empty, truncated, non-image or oversized file.
+    At most `max_pixels` are decoded: a larger JPEG is decoded at a reduced scale (1/2 to 1/8) that fits, anything
+    else larger is refused. Raises ImageError naming the input for anything that is not a readable image.
     """
-    path = Path(path)
+    if isinstance(image, np.ndarray):
+        return _checked_array(image, bgr)
+    if isinstance(image, Image.Image):
+        return _decoded(image, "image", max_pixels, upright=False)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        if not len(image):
+            raise ImageError("image bytes: empty")
+        return _read(io.BytesIO(image), "image bytes", max_pixels)
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        try:
+            if path.stat().st_size == 0:
+                raise ImageError(f"{path}: empty file")
+        except FileNotFoundError:
+            raise ImageError(f"{path}: no such file") from None
+        except OSError as error:
+            raise ImageError(f"{path}: cannot read ({error.strerror})") from None
+        return _read(path, str(path), max_pixels)
+    raise ImageError(f"expected an image path, file bytes, a PIL image or an H x W x 3 uint8 array, "
+                     f"got {type(image).__name__}")
+
+
+def _read(source: Path | io.BytesIO, where: str, max_pixels: int) -> np.ndarray:
+    """Decode an image file (a path or its bytes) named `where` in errors."""
     try:
-        if path.stat().st_size == 0:
-            raise ImageError(f"{path}: empty file")
         with warnings.catch_warnings():
-            # MAX_PIXELS is the limit: Pillow's own bomb warning (above ~89 Mpx) would only add stderr noise.
+            # max_pixels is the limit: Pillow's own bomb warning (above ~89 Mpx) would only add stderr noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise ImageError(f"{path}: {width}x{height} is too large (limit {MAX_PIXELS} pixels)")
-                image.load()
-                upright = ImageOps.exif_transpose(image)
-                return to_rgb(upright)
+            with Image.open(source) as image:
+                return _decoded(image, where, max_pixels, upright=True)
     except ImageError:
         raise
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
-        raise ImageError(f"{path}: is a directory") from None
+        raise ImageError(f"{where}: is a directory") from None
     except Image.DecompressionBombError:
-        raise ImageError(f"{path}: too large to decode safely") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"{path}: not a readable image ({error})") from None
+        raise ImageError(f"{where}: too large to decode safely") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageError(f"{where}: not a readable image ({error})") from None
+
+
+def _decoded(image: Image.Image, where: str, max_pixels: int, upright: bool) -> np.ndarray:
+    """The RGB pixels of an opened image, at most `max_pixels` (JPEGs drafted to a smaller scale to fit)."""
+    width, height = image.size
+    if width * height > max_pixels and image.format == "JPEG":
+        for divisor in (2, 4, 8):
+            if -(-width // divisor) * -(-height // divisor) <= max_pixels:
+                image.draft(None, (width // divisor, height // divisor))
+                break
+    if image.size[0] * image.size[1] > max_pixels:
+        raise ImageError(f"{where}: {width}x{height} is too large (limit {max_pixels} pixels for this profile)")
+    if image.size[0] * image.size[1] == 0:
+        raise ImageError(f"{where}: an empty {width}x{height} image")
+    try:
+        image.load()
+        return to_rgb(ImageOps.exif_transpose(image) if upright else image)
+    except (OSError, SyntaxError, ValueError, EOFError, TypeError, KeyError) as error:
+        raise ImageError(f"{where}: not a readable image ({error})") from None
+
+
+def _checked_array(array: np.ndarray, bgr: bool) -> np.ndarray:
+    """A contiguous RGB copy-or-view of an H x W x 3 uint8 array; ImageError saying how to fix any other."""
+    shape = array.shape
+    if array.dtype != np.uint8:
+        hint = " (scale floats in 0..1 with (a * 255).round().astype(np.uint8))" if array.dtype.kind == "f" else ""
+        raise ImageError(f"image array: must be uint8 RGB, got dtype {array.dtype}{hint}")
+    if array.ndim != 3 or shape[2] != 3:
+        if array.ndim == 2 or (array.ndim == 3 and shape[2] == 1):
+            hint = "grey: repeat it into 3 channels, np.dstack([a] * 3)"
+        elif array.ndim == 3 and shape[2] == 4:
+            hint = "RGBA: drop or composite the alpha channel"
+        elif array.ndim == 3 and shape[0] in (1, 3, 4):
+            hint = "channels first: a.transpose(1, 2, 0)"
+        else:
+            hint = "not an image"
+        raise ImageError(f"image array: must be H x W x 3 (RGB), got shape {shape} ({hint})")
+    if 0 in shape:
+        raise ImageError(f"image array: empty, shape {shape}")
+    return np.ascontiguousarray(array[..., ::-1] if bgr else array)
+
+
+def content_sha256(image: ImageInput) -> str:
+    """The SHA-256 of an input's content: the file's bytes, the bytes given, or the decoded pixels."""
+    if isinstance(image, (str, Path)):
+        try:
+            return hashlib.sha256(Path(image).read_bytes()).hexdigest()
+        except OSError as error:
+            raise ImageError(f"{image}: cannot read ({error.strerror})") from None
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return hashlib.sha256(image).hexdigest()
+    pixels = load_image(image)
+    return hashlib.sha256(repr(pixels.shape).encode() + pixels.tobytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Input:
+    """One input of a run: the name it is shown by, its path, and why it cannot be read (None: try to read it)."""
+
+    name: str
+    path: Path
+    problem: str | None = None
+
+    def error(self) -> ImageError:
+        """The problem as an ImageError naming the path."""
+        return ImageError(f"{self.path}: {self.problem}")
+
+
+def iter_inputs(paths: Iterable[str | Path]) -> Iterator[Input]:
+    """Every input of a run: a file as given, or every file under a folder, recursively in name order.
+
+    A file found in a folder is named by its path relative to that folder. Hidden files and folders (a leading
+    '.') are skipped; symlinked folders are followed (a loop is reported once). Everything else is an input, so a
+    stray non-image, a dangling symlink, a fifo, an unreadable or an empty folder is reported rather than ignored.
+    """
+    for given in paths:
+        root = Path(given)
+        if not root.is_dir():
+            yield Input(str(given), root)
+            continue
+        found = False
+        for item in _walk(root, PurePosixPath(), ()):
+            found = True
+            yield item
+        if not found:
+            yield Input(str(given), root, EMPTY_FOLDER)
+
+
+def _walk(folder: Path, relative: PurePosixPath, ancestors: tuple[tuple[int, int], ...]) -> Iterator[Input]:
+    """The inputs under `folder`, shown as `relative`/name; `ancestors` are the (device, inode) above it."""
+    name = relative.as_posix() if relative.parts else str(folder)
+    try:
+        status = folder.stat()
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+    except OSError as error:
+        yield Input(name, folder, f"cannot read this folder ({error.strerror})")
+        return
+    here = (status.st_dev, status.st_ino)
+    if here in ancestors:
+        yield Input(name, folder, "symlink loop (a folder inside itself), skipped")
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        path, shown = Path(entry.path), relative / entry.name
+        try:
+            if entry.is_dir():
+                yield from _walk(path, shown, (*ancestors, here))
+            elif entry.is_file():
+                yield Input(shown.as_posix(), path)
+            elif entry.is_symlink():
+                yield Input(shown.as_posix(), path, "broken symlink (its target is missing)")
+            else:
+                yield Input(shown.as_posix(), path, "not a regular file (a fifo, socket or device)")
+        except OSError as error:
+            yield Input(shown.as_posix(), path, f"cannot read ({error.strerror})")
+
+
+def list_images(root: Path) -> list[Path]:
+    """The image files (by suffix) under a folder, walked by `iter_inputs`' rules; ImageError for a folder that
+    cannot be read completely (an unreadable sub-folder, a dangling symlink...)."""
+    paths = []
+    for item in iter_inputs([root]):
+        if item.problem not in (None, EMPTY_FOLDER):
+            raise item.error()
+        if item.problem is None and item.path.suffix.lower() in IMAGE_SUFFIXES:
+            paths.append(item.path)
+    return paths
 
 
 @dataclass(frozen=True)
@@ -101,8 +256,3 @@ def pillow(image: np.ndarray | Image.Image) -> Image.Image:
 def resize(image: np.ndarray | Image.Image, width: int, height: int) -> Image.Image:
     """Bilinear (antialiased when shrinking) resize of an RGB image: the one filter model inputs are made with."""
     return pillow(image).resize((width, height), Image.BILINEAR)
-
-
-def list_images(root: Path) -> list[Path]:
-    """Image files under a directory, recursively, in sorted order."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

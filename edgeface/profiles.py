@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
 from edgeface.errors import ProfileError
+from edgeface.images import MAX_PIXELS
 
 DEFAULT_PROFILE = "x86"
 PROFILE_DIR = Path(str(resources.files("firmware_configs")))
@@ -117,11 +118,12 @@ class MtcnnConfig(_Table):
 
 @dataclass(frozen=True)
 class RuntimeConfig(_Table):
-    """TFLite interpreter settings."""
+    """TFLite interpreter settings, and the most image pixels decoded at once (bounded by the board's RAM)."""
 
     threads: int = _key(_at_least(1))
     delegate: str = _key(_one_of("xnnpack", "edgetpu", "none"))
     precision: str = _key(_one_of("int8", "float"))
+    max_image_pixels: int = _key(_at_least(1_000_000), default=MAX_PIXELS)  # larger JPEGs decode at 1/2..1/8
 
 
 @dataclass(frozen=True)
