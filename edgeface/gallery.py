@@ -14,7 +14,11 @@ import numpy as np
 
 from edgeface.errors import GalleryError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+_ADDED_COLUMNS = [  # (table, column, declaration) added since schema 1; a gallery gets each one it lacks
+    ("embeddings", "content_sha256", "TEXT"),  # 2: the enrolled photo's SHA-256, so it is never enrolled twice
+]
 
 UNKNOWN = "unknown"
 """The name `identify` gives a face below the threshold (so no person may be enrolled under it)."""
@@ -33,16 +37,38 @@ CREATE INDEX embeddings_person ON embeddings (person_id);
 """
 
 
-class Gallery:
-    """Enrolled people in an SQLite file (WAL, one transaction per change), matched by cosine similarity."""
+def _safe_text(text: str) -> str:
+    """`text` as valid UTF-8 for SQLite: the undecodable bytes of a file name (surrogate escapes) as \\xNN."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
-    def __init__(self, path: str | Path, model_sha256: str, embedding_dim: int) -> None:
+
+class Gallery:
+    """Enrolled people in an SQLite file (WAL, one transaction per change), matched by cosine similarity.
+
+    `create=False` refuses a missing or empty file instead of making a new gallery there. Every SQLite failure
+    (read-only file, full disk, another process's lock held past `timeout` seconds, damaged tables) is a
+    GalleryError naming the file.
+    """
+
+    def __init__(self, path: str | Path, model_sha256: str, embedding_dim: int, *, create: bool = True,
+                 timeout: float = 5.0) -> None:
         self.path = Path(path)
         self.dim = int(embedding_dim)
+        self._damaged = 0  # stored vectors left out at the last load: of the wrong length, or not finite
         self._index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # vectors, group starts, names
         self._version = -1
+        if not create:
+            try:
+                empty = self.path.stat().st_size == 0
+            except OSError:
+                raise GalleryError(f"{self.path}: no such gallery (create it with 'edgeface enroll')") from None
+            if empty:
+                raise GalleryError(f"{self.path}: an empty file, not a gallery (create one with 'edgeface enroll')")
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None)  # transactions are explicit
+            self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)  # transactions are explicit
         except sqlite3.Error as error:
             raise GalleryError(f"{self.path}: cannot open the gallery ({error})") from None
         try:
@@ -59,12 +85,12 @@ class Gallery:
     def _check_or_create(self, model_sha256: str) -> None:
         empty = "SELECT NOT EXISTS (SELECT 1 FROM sqlite_master)"
         if self._db.execute(empty).fetchone()[0]:
-            with self._transaction():
+            with self._transaction("create the gallery"):
                 if self._db.execute(empty).fetchone()[0]:  # still empty: no other process created it meanwhile
                     for statement in filter(str.strip, _SCHEMA.split(";")):
                         self._db.execute(statement)
                     self._db.executemany("INSERT INTO meta VALUES (?, ?)", [
-                        ("schema_version", str(SCHEMA_VERSION)),
+                        ("schema_version", "1"),  # then upgraded by _migrate, like any older gallery
                         ("embedding_model_sha256", model_sha256),
                         ("embedding_dim", str(self.dim)),
                     ])
@@ -72,9 +98,10 @@ class Gallery:
             meta = dict(self._db.execute("SELECT key, value FROM meta"))
         except sqlite3.OperationalError:
             raise GalleryError(f"{self.path}: an SQLite database but not an edgeface gallery (no meta table)") from None
-        if meta.get("schema_version") != str(SCHEMA_VERSION):
-            raise GalleryError(f"{self.path}: unknown gallery schema version {meta.get('schema_version')!r} "
-                               f"(this edgeface reads version {SCHEMA_VERSION})")
+        version = meta.get("schema_version", "")
+        if not version.isdigit() or not 1 <= int(version) <= SCHEMA_VERSION:
+            raise GalleryError(f"{self.path}: unknown gallery schema version {version!r} "
+                               f"(this edgeface reads versions 1 to {SCHEMA_VERSION})")
         stored = meta.get("embedding_model_sha256", "")
         if stored != model_sha256:
             raise GalleryError(f"{self.path}: its embeddings come from another model (gallery {stored[:12]}, "
@@ -82,16 +109,38 @@ class Gallery:
         if meta.get("embedding_dim") != str(self.dim):
             raise GalleryError(f"{self.path}: holds {meta.get('embedding_dim')}-d embeddings, "
                                f"the model gives {self.dim}-d")
+        if int(version) < SCHEMA_VERSION:
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring an older gallery to SCHEMA_VERSION in one transaction: add each column of _ADDED_COLUMNS it lacks."""
+        with self._transaction("upgrade the gallery"):
+            for table, column, declaration in _ADDED_COLUMNS:
+                present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in present:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
+    def _sqlite(self, action: str) -> Iterator[None]:
+        """Turn an SQLite failure inside the block into a GalleryError: '<file>: cannot <action> (<reason>)'."""
         try:
             yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        except sqlite3.Error as error:
+            raise GalleryError(f"{self.path}: cannot {action} ({error})") from None
+
+    @contextmanager
+    def _transaction(self, action: str) -> Iterator[None]:
+        """One write transaction (all or nothing), its SQLite failures reported as failing to `action`."""
+        with self._sqlite(action):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         """Close the database (the gallery is unusable afterwards)."""
@@ -103,12 +152,17 @@ class Gallery:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
-    def _name(self, name: str) -> str:
+    def valid_name(self, name: str) -> str:
+        """`name` as stored (stripped; undecodable file-name bytes as \\xNN), or a GalleryError saying why it
+        cannot be a person's name (empty, control characters, over 200 characters, or 'unknown')."""
         if not isinstance(name, str) or not name.strip():
             raise GalleryError(f"{self.path}: a person's name must be a non-empty string, got {name!r}")
-        name = name.strip()
+        name = _safe_text(name.strip())
         if any(unicodedata.category(c) == "Cc" for c in name) or len(name) > 200:
-            raise GalleryError(f"{self.path}: invalid name {name!r} (control characters, or over 200 characters)")
+            shown = name if len(name) <= 40 else f"{name[:40]}...' ({len(name)} characters)"
+            raise GalleryError(f"{self.path}: invalid name {shown!r} (control characters, or over 200 characters)")
+        if name == UNKNOWN:
+            raise GalleryError(f"{self.path}: '{UNKNOWN}' is reserved for faces nobody matches")
         return name
 
     def _vectors(self, values: np.ndarray, what: str) -> np.ndarray:
@@ -123,38 +177,58 @@ class Gallery:
             raise GalleryError(f"{self.path}: {what} contain an all-zero vector")
         return (array / norms).astype(np.float32)
 
-    def add(self, name: str, embeddings: np.ndarray, sources: list[str] | None = None) -> int:
-        """Enroll N x D embeddings for `name` (created if new) in one transaction; returns the person's new total."""
-        name = self._name(name)
-        if name == UNKNOWN:
-            raise GalleryError(f"{self.path}: '{UNKNOWN}' is reserved for faces nobody matches")
+    def add(self, name: str, embeddings: np.ndarray, sources: list[str | None] | None = None,
+            digests: list[str | None] | None = None, *, replace: bool = False) -> int:
+        """Enroll N x D embeddings for `name` (created if new) in one transaction; returns the person's new total.
+
+        `digests` (the photos' SHA-256) skip a photo already enrolled for that person; `replace` first deletes the
+        person's other embeddings, in the same transaction.
+        """
+        name = self.valid_name(name)
         vectors = self._vectors(embeddings, "embeddings")
-        sources = [None] * len(vectors) if sources is None else list(sources)
-        if len(sources) != len(vectors):
-            raise GalleryError(f"{self.path}: {len(sources)} sources for {len(vectors)} embeddings")
+        sources = [None] * len(vectors) if sources is None else [None if s is None else _safe_text(s) for s in sources]
+        digests = [None] * len(vectors) if digests is None else list(digests)
+        if not len(sources) == len(digests) == len(vectors):
+            raise GalleryError(f"{self.path}: {len(sources)} sources and {len(digests)} digests "
+                               f"for {len(vectors)} embeddings")
         now = time.time()
-        with self._transaction():
+        with self._transaction(f"enroll {name!r}"):
             self._db.execute("INSERT OR IGNORE INTO people (name, created) VALUES (?, ?)", (name, now))
             (person,) = self._db.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
-            self._db.executemany(
-                "INSERT INTO embeddings (person_id, vector, source, created) VALUES (?, ?, ?, ?)",
-                [(person, vector.tobytes(), source, now) for vector, source in zip(vectors, sources)],
-            )
+            if replace:
+                self._db.execute("DELETE FROM embeddings WHERE person_id = ?", (person,))
+            seen = {row[0] for row in self._db.execute(
+                "SELECT content_sha256 FROM embeddings WHERE person_id = ? AND content_sha256 IS NOT NULL", (person,))}
+            rows = []
+            for vector, source, digest in zip(vectors, sources, digests):
+                if digest is None or digest not in seen:
+                    rows.append((person, vector.tobytes(), source, digest, now))
+                    seen.add(digest)
+            self._db.executemany("INSERT INTO embeddings (person_id, vector, source, content_sha256, created) "
+                                 "VALUES (?, ?, ?, ?, ?)", rows)
             (total,) = self._db.execute("SELECT COUNT(*) FROM embeddings WHERE person_id = ?", (person,)).fetchone()
         self._index = None
         return total
 
+    def has(self, name: str, digest: str) -> bool:
+        """Whether a photo with this SHA-256 is enrolled for `name`."""
+        with self._sqlite("read the gallery"):
+            return self._db.execute(
+                "SELECT 1 FROM embeddings e JOIN people p ON p.id = e.person_id "
+                "WHERE p.name = ? AND e.content_sha256 = ?", (self.valid_name(name), digest)).fetchone() is not None
+
     def people(self) -> list[tuple[str, int]]:
         """(name, number of embeddings) of everyone enrolled, sorted by name."""
-        return self._db.execute(
-            "SELECT p.name, COUNT(e.id) FROM people p LEFT JOIN embeddings e ON e.person_id = p.id "
-            "GROUP BY p.id ORDER BY p.name"
-        ).fetchall()
+        with self._sqlite("read the gallery"):
+            return self._db.execute(
+                "SELECT p.name, COUNT(e.id) FROM people p LEFT JOIN embeddings e ON e.person_id = p.id "
+                "GROUP BY p.id ORDER BY p.name"
+            ).fetchall()
 
     def remove(self, name: str) -> int:
         """Delete a person and their embeddings; returns how many embeddings went."""
-        name = self._name(name)
-        with self._transaction():
+        name = self.valid_name(name)
+        with self._transaction(f"remove {name!r}"):
             row = self._db.execute(
                 "SELECT COUNT(e.id) FROM people p LEFT JOIN embeddings e ON e.person_id = p.id "
                 "WHERE p.name = ? GROUP BY p.id", (name,)
@@ -167,19 +241,31 @@ class Gallery:
 
     def _load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The cached (E x D vectors sorted by person, first row of each person, person names);
-        reloaded after our own changes or when another connection has committed."""
-        (version,) = self._db.execute("PRAGMA data_version").fetchone()
-        if self._index is None or version != self._version:
+        reloaded after our own changes or when another connection has committed. Damaged vectors (of the wrong
+        length, or not finite) are left out and counted."""
+        with self._sqlite("read the gallery"):
+            (version,) = self._db.execute("PRAGMA data_version").fetchone()
+            if self._index is not None and version == self._version:
+                return self._index
             rows = self._db.execute(
                 "SELECT e.person_id, p.name, e.vector FROM embeddings e JOIN people p ON p.id = e.person_id "
                 "ORDER BY e.person_id"
             ).fetchall()
-            vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(len(rows), self.dim)
-            persons = np.array([r[0] for r in rows], dtype=np.int64)
-            starts = np.flatnonzero(np.diff(persons, prepend=-1))
-            names = np.array([rows[i][1] for i in starts], dtype=object)
-            self._index, self._version = (vectors, starts, names), version
+        size = self.dim * 4
+        good = [r for r in rows if isinstance(r[2], bytes) and len(r[2]) == size
+                and np.isfinite(np.frombuffer(r[2], dtype=np.float32)).all()]
+        self._damaged = len(rows) - len(good)
+        vectors = np.frombuffer(b"".join(r[2] for r in good), dtype=np.float32).reshape(len(good), self.dim)
+        persons = np.array([r[0] for r in good], dtype=np.int64)
+        starts = np.flatnonzero(np.diff(persons, prepend=-1))
+        names = np.array([good[i][1] for i in starts], dtype=object)
+        self._index, self._version = (vectors, starts, names), version
         return self._index
+
+    def damaged(self) -> int:
+        """How many stored vectors are unusable (of the wrong length, or not finite) and left out of matching."""
+        self._load()
+        return self._damaged
 
     def match(self, queries: np.ndarray, top_k: int = 1) -> list[list[tuple[str, float]]]:
         """For each of the Q x D queries, the top_k (name, cosine similarity) people, best first; a person

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from edgeface.errors import ImageError, ProfileError
+from edgeface.errors import GalleryError, ImageError, ProfileError
+from edgeface.gallery import SCHEMA_VERSION, Gallery
 from edgeface.images import content_sha256, iter_inputs, list_images, load_image
 from edgeface.profiles import load_profile
+
+MODEL = "c3" * 32
+DIM = 8
+def _unit(n: int, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(n, DIM))
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
 
 def _jpeg(path: Path, width: int = 64, height: int = 48) -> Path:
     Image.new("RGB", (width, height), (200, 120, 40)).save(path)
@@ -133,3 +142,142 @@ def test_profile_image_cap_is_validated(tmp_path: Path) -> None:
     path.write_text(text)
     with pytest.raises(ProfileError, match=r"runtime\.max_image_pixels: must be at least 1000000, got 10"):
         load_profile(path)
+
+
+# --- the gallery: every SQLite failure is a GalleryError naming the file -----------------------------------------
+
+@pytest.fixture()
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "g.db"
+    with Gallery(path, MODEL, DIM) as gallery:
+        gallery.add("Alice", _unit(2), ["a1.jpg", "a2.jpg"])
+    return path
+
+
+def test_read_only_gallery(db: Path) -> None:
+    with Gallery(db, MODEL, DIM) as gallery:
+        gallery._db.execute("PRAGMA query_only = ON")  # what a read-only file does to writes (we may run as root)
+        for write in (lambda: gallery.add("Bob", _unit(1)), lambda: gallery.remove("Alice")):
+            with pytest.raises(GalleryError, match=f"{db}: cannot .*readonly"):
+                write()
+        assert gallery.people() == [("Alice", 2)]
+
+
+def test_full_disk(db: Path) -> None:
+    with Gallery(db, MODEL, DIM) as gallery:
+        (pages,) = gallery._db.execute("PRAGMA page_count").fetchone()
+        gallery._db.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(GalleryError, match=f"{db}: cannot enroll 'Bob' .*full"):
+            gallery.add("Bob", _unit(2000, 1))
+    with Gallery(db, MODEL, DIM) as gallery:
+        assert gallery.people() == [("Alice", 2)]  # nothing half-written
+
+
+def test_lock_held_past_the_timeout(db: Path) -> None:
+    with Gallery(db, MODEL, DIM, timeout=0.05) as gallery, sqlite3.connect(db, isolation_level=None) as other:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(GalleryError, match=f"{db}: cannot enroll 'Bob' \\(database is locked\\)"):
+            gallery.add("Bob", _unit(1))
+        other.execute("ROLLBACK")
+
+
+def test_dropped_table(db: Path) -> None:
+    with sqlite3.connect(db) as raw:
+        raw.execute("DROP TABLE embeddings")
+    with Gallery(db, MODEL, DIM) as gallery:
+        with pytest.raises(GalleryError, match=f"{db}: cannot read the gallery \\(no such table: embeddings\\)"):
+            gallery.identify(_unit(1), 0.5)
+
+
+def test_damaged_vector_is_skipped_not_fatal(db: Path) -> None:
+    with sqlite3.connect(db) as raw:
+        raw.execute("UPDATE embeddings SET vector = x'0102' WHERE source = 'a1.jpg'")
+    with Gallery(db, MODEL, DIM) as gallery:
+        [(name, similarity)] = gallery.identify(_unit(2)[1:], 0.5)
+        assert (name, round(similarity, 4)) == ("Alice", 1.0)  # the intact vector still matches
+        assert gallery.damaged() == 1
+
+
+def test_empty_file_is_no_existing_gallery(tmp_path: Path) -> None:
+    empty = tmp_path / "zero.db"
+    empty.touch()
+    with pytest.raises(GalleryError, match="zero.db: an empty file, not a gallery"):
+        Gallery(empty, MODEL, DIM, create=False)
+    assert empty.stat().st_size == 0  # no schema written into it
+    with pytest.raises(GalleryError, match="no such gallery"):
+        Gallery(tmp_path / "missing.db", MODEL, DIM, create=False)
+
+
+def test_undecodable_file_names_are_stored_escaped(tmp_path: Path) -> None:
+    name, source = os.fsdecode(b"Ren\xe9"), os.fsdecode(b"/photos/Ren\xe9/1.jpg")
+    with Gallery(tmp_path / "g.db", MODEL, DIM) as gallery:
+        gallery.add(name, _unit(1), [source])
+        assert gallery.people() == [("Ren\\xe9", 1)]
+        assert gallery.identify(_unit(1), 0.5)[0][0] == "Ren\\xe9"
+    with sqlite3.connect(tmp_path / "g.db") as raw:
+        assert raw.execute("SELECT source FROM embeddings").fetchone()[0] == "/photos/Ren\\xe9/1.jpg"
+
+
+@pytest.mark.parametrize("name", ["unknown", "x" * 201, "tab\there"])
+def test_invalid_names_are_refused_before_any_write(db: Path, name: str) -> None:
+    with Gallery(db, MODEL, DIM) as gallery:
+        with pytest.raises(GalleryError, match="reserved|invalid name"):
+            gallery.valid_name(name)
+        assert gallery.people() == [("Alice", 2)]
+
+
+# --- nothing doubled: content digests, --replace, the schema migration -----------------------------------------
+
+def test_same_photo_is_not_enrolled_twice(tmp_path: Path) -> None:
+    with Gallery(tmp_path / "g.db", MODEL, DIM) as gallery:
+        assert gallery.add("Bob", _unit(2), ["1.jpg", "2.jpg"], ["d1", "d2"]) == 2
+        assert gallery.add("Bob", _unit(2, 1), ["1 copy.jpg", "3.jpg"], ["d1", "d3"]) == 3  # d1 is there already
+        assert gallery.has("Bob", "d3") and not gallery.has("Carol", "d3")
+        assert gallery.add("Carol", _unit(1), ["1.jpg"], ["d1"]) == 1  # per person
+
+
+def test_replace_swaps_a_person_in_one_transaction(tmp_path: Path) -> None:
+    with Gallery(tmp_path / "g.db", MODEL, DIM) as gallery:
+        gallery.add("Bob", _unit(3), None, ["d1", "d2", "d3"])
+        gallery.add("Carol", _unit(1, 2))
+        assert gallery.add("Bob", _unit(1, 1), None, ["d4"], replace=True) == 1
+        assert gallery.people() == [("Bob", 1), ("Carol", 1)]
+        assert gallery.identify(_unit(1, 1), 0.9)[0][0] == "Bob"
+        gallery._db.execute("PRAGMA query_only = ON")
+        with pytest.raises(GalleryError):
+            gallery.add("Bob", _unit(1, 3), None, ["d5"], replace=True)
+        gallery._db.execute("PRAGMA query_only = OFF")
+        assert gallery.has("Bob", "d4")  # a failed replace keeps the old embeddings
+
+
+SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, created REAL);
+CREATE TABLE embeddings (id INTEGER PRIMARY KEY, person_id INTEGER NOT NULL REFERENCES people (id)
+    ON DELETE CASCADE, vector BLOB NOT NULL, source TEXT, created REAL);
+CREATE INDEX embeddings_person ON embeddings (person_id);
+"""
+
+
+def test_schema_1_gallery_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as raw:
+        raw.executescript(SCHEMA_1)
+        raw.executemany("INSERT INTO meta VALUES (?, ?)", [("schema_version", "1"),
+                        ("embedding_model_sha256", MODEL), ("embedding_dim", str(DIM))])
+        raw.execute("INSERT INTO people VALUES (1, 'Dora', 0)")
+        raw.execute("INSERT INTO embeddings VALUES (1, 1, ?, 'd.jpg', 0)", (_unit(1)[0].astype(np.float32).tobytes(),))
+    with Gallery(path, MODEL, DIM) as gallery:
+        assert gallery.people() == [("Dora", 1)]
+        assert gallery.add("Dora", _unit(1, 1), None, ["d2"]) == 2
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+        assert [row[1] for row in raw.execute("PRAGMA table_info(embeddings)")][-1] == "content_sha256"
+
+
+def test_new_gallery_is_created_at_the_current_schema(tmp_path: Path) -> None:
+    Gallery(tmp_path / "new.db", MODEL, DIM).close()
+    with sqlite3.connect(tmp_path / "new.db") as raw:
+        assert raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    assert SCHEMA_VERSION == 2
+
