@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from types import TracebackType
 
 import numpy as np
 
 from edgeface.detection import Detections
 from edgeface.embedder import Embedder
-from edgeface.errors import ModelError
+from edgeface.errors import ImageError, ModelError
 from edgeface.gallery import Gallery
-from edgeface.images import load_image
+from edgeface.images import ImageInput, content_sha256, load_image
 from edgeface.interpreter import TFLiteModel
 from edgeface.liveness import Liveness
 from edgeface.manifest import Manifest, ModelSpec, load_manifest, model_key
 from edgeface.mtcnn import CascadeSettings, Mtcnn
 from edgeface.profiles import Profile, load_profile
 from edgeface.retinaface import RetinaFace
+
 
 @dataclass
 class Face:
@@ -56,6 +59,48 @@ class Face:
         return data
 
 
+@dataclass(frozen=True)
+class Verification:
+    """The cosine similarity of two faces and the verdict at the profile's match threshold."""
+
+    similarity: float
+    threshold: float
+
+    @property
+    def same(self) -> bool:
+        """True when the two faces are taken for the same person."""
+        return self.similarity >= self.threshold
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """What `FaceAnalyzer.enroll` did: photos added, and photos already enrolled for that person (left alone)."""
+
+    added: int
+    unchanged: int
+
+
+FaceChoice = str | int | None
+"""Which face of a photo to take: None (the photo must hold exactly one), 'largest', or an index."""
+
+
+def choose_face(faces: list[Face], choice: FaceChoice) -> Face:
+    """The face `choice` picks; ImageError when there is none, or several and no choice."""
+    if len(faces) == 1 and choice is None:
+        return faces[0]
+    if not faces:
+        raise ImageError("no face found")
+    if choice is None:
+        raise ImageError(f"{len(faces)} faces found; pass --face largest (or an index 0..{len(faces) - 1})")
+    if isinstance(choice, str) and choice.lower() == "largest":
+        return max(faces, key=lambda face: face.area)
+    if isinstance(choice, bool) or not isinstance(choice, int):
+        raise ImageError(f"face choice must be 'largest' or an index, got {choice!r}")
+    if not 0 <= choice < len(faces):
+        raise ImageError(f"face {choice}: only {len(faces)} face(s) found")
+    return faces[choice]
+
+
 def _faces(found: Detections) -> list[Face]:
     return [
         Face(box=tuple(float(v) for v in box), score=float(score), landmarks=[(float(x), float(y)) for x, y in points])
@@ -66,23 +111,40 @@ def _faces(found: Detections) -> list[Face]:
 class FaceAnalyzer:
     """Detect, embed and identify faces with the int8 (or float) models, configured by a hardware profile.
 
-    Keyword overrides replace the profile's values: detector ('retinaface' | 'mtcnn'), precision
-    ('int8' | 'float'), input_size (detector letterbox side) and score_threshold.
+    Keyword overrides replace the profile's values and are validated like the profile file (ProfileError):
+    detector ('retinaface' | 'mtcnn'), precision ('int8' | 'float'), input_size (detector letterbox side) and
+    score_threshold. Images are paths, file bytes, PIL images or H x W x 3 uint8 RGB arrays (`bgr=True`: arrays
+    are in OpenCV's B, G, R order). Use it as a context manager, or `close()` it, to stop its worker threads.
     """
 
     def __init__(self, profile: str | Path | Profile = "x86", *, detector: str | None = None,
                  precision: str | None = None, input_size: int | None = None,
-                 score_threshold: float | None = None, models: Path | None = None) -> None:
-        self.profile = profile if isinstance(profile, Profile) else load_profile(profile)
+                 score_threshold: float | None = None, models: Path | None = None, bgr: bool = False) -> None:
+        base = profile if isinstance(profile, Profile) else load_profile(profile)
+        self.profile = base.with_overrides(detector=detector, precision=precision, input_size=input_size,
+                                           score_threshold=score_threshold)
         det = self.profile.detector
-        self.detector_name = detector or det.name
-        self.precision = precision or self.profile.runtime.precision
-        self.input_size = input_size or (det.input_size if self.detector_name == "retinaface"
-                                         else self.profile.mtcnn.input_size)
-        self.score_threshold = score_threshold if score_threshold is not None else det.score_threshold
-        if not 0.0 < self.score_threshold < 1.0:
-            raise ModelError(f"score threshold must be between 0 and 1, got {self.score_threshold}")
+        self.detector_name = det.name
+        self.precision = self.profile.runtime.precision
+        self.input_size = det.input_size if det.name == "retinaface" else self.profile.mtcnn.input_size
+        self.score_threshold = det.score_threshold
+        self.bgr = bgr
         self.manifest: Manifest = load_manifest(models)
+
+    def close(self) -> None:
+        """Stop the embedding worker threads (the analyzer starts them again if used afterwards)."""
+        if "embedder" in self.__dict__:
+            self.embedder.close()
+
+    def __enter__(self) -> FaceAnalyzer:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def load(self, image: ImageInput) -> np.ndarray:
+        """The RGB pixels of an image, decoded within the profile's `max_image_pixels`."""
+        return load_image(image, bgr=self.bgr, max_pixels=self.profile.runtime.max_image_pixels)
 
     def _model(self, spec: ModelSpec) -> TFLiteModel:
         runtime = self.profile.runtime
@@ -101,8 +163,6 @@ class FaceAnalyzer:
             return RetinaFace(self._model(self.manifest.get(key, self.precision)))
         if self.detector_name == "mtcnn":
             cfg = self.profile.mtcnn
-            if self.input_size % 2:
-                raise ModelError(f"MTCNN input size {self.input_size}: must be even")
             settings = CascadeSettings(self.input_size, cfg.min_face, cfg.factor, cfg.max_levels,
                                        tuple(cfg.thresholds))
             nets = [self._model(self.manifest.get(name, self.precision)) for name in ("pnet", "rnet", "onet")]
@@ -139,27 +199,31 @@ class FaceAnalyzer:
         """Identifies the embedding model: a gallery is only valid with the model it was enrolled with."""
         return self.manifest.get("mobilefacenet", self.precision).sha256
 
-    def detect(self, image: np.ndarray | str | Path) -> list[Face]:
-        """Faces in an image (an RGB uint8 array or a path), best score first."""
-        pixels = load_image(image) if isinstance(image, (str, Path)) else image
+    def detect(self, image: ImageInput) -> list[Face]:
+        """Faces in an image, best score first."""
+        return self._detect(self.load(image))
+
+    def _detect(self, pixels: np.ndarray) -> list[Face]:
+        """Faces in RGB pixels (already loaded: a BGR array is flipped once only)."""
         det = self.profile.detector
         found = self.detector.detect(pixels, self.score_threshold, det.nms_iou, det.max_faces)
         return _faces(found)
 
-    def embed(self, image: np.ndarray | str | Path) -> list[Face]:
+    def embed(self, image: ImageInput) -> list[Face]:
         """Detect, then give every face its L2-normalised embedding."""
-        pixels = load_image(image) if isinstance(image, (str, Path)) else image
-        faces = self.detect(pixels)
+        pixels = self.load(image)
+        faces = self._detect(pixels)
         vectors = self.embedder.embed(pixels, np.array([f.landmarks for f in faces]).reshape(-1, 5, 2))
         for face, vector in zip(faces, vectors):
             face.embedding = vector
         return faces
 
-    def open_gallery(self, path: str | Path) -> Gallery:
-        """The gallery at `path` bound to this analyzer's embedding model (created if missing)."""
-        return Gallery(path, self.embedding_model_sha256, self.embedder.dim)
+    def open_gallery(self, path: str | Path, *, create: bool = True) -> Gallery:
+        """The gallery at `path` bound to this analyzer's embedding model (created if missing, unless `create`
+        is False: then a missing or empty file is a GalleryError)."""
+        return Gallery(path, self.embedding_model_sha256, self.embedder.dim, create=create)
 
-    def identify(self, image: np.ndarray | str | Path, gallery: Gallery) -> list[Face]:
+    def identify(self, image: ImageInput, gallery: Gallery) -> list[Face]:
         """Embed every face and name it from the gallery, or 'unknown' below the profile's match threshold."""
         faces = self.embed(image)
         if faces:
@@ -168,3 +232,50 @@ class FaceAnalyzer:
             for face, (name, similarity) in zip(faces, answers):
                 face.identity, face.similarity = name, similarity
         return faces
+
+    def verify(self, a: ImageInput, b: ImageInput) -> Verification:
+        """Compare the largest face of each image; ImageError (naming the image) when one holds no face."""
+        vectors = []
+        for label, image in (("image A", a), ("image B", b)):
+            faces = self.embed(image)
+            if not faces:
+                raise ImageError(f"{image if isinstance(image, (str, Path)) else label}: no face found")
+            vectors.append(max(faces, key=lambda face: face.area).embedding)
+        return Verification(float(np.dot(vectors[0], vectors[1])), self.profile.recognition.match_threshold)
+
+    def enroll(self, gallery: Gallery, name: str, images: Iterable[ImageInput], *, face: FaceChoice = None,
+               replace: bool = False, on_image: Callable[[ImageInput, ImageError | None], None] | None = None
+               ) -> Enrolment:
+        """Enroll one face of each image as `name`. Each photo commits on its own, and one whose content (SHA-256)
+        is already enrolled for `name` is left alone; with `replace`, the person's embeddings are swapped for the
+        new ones in one transaction (kept when no photo gives a face). `on_image(image, error)` hears of every
+        image, and a bad one (ImageError) is skipped; without it, the first bad image raises."""
+        name = gallery.valid_name(name)
+        added = unchanged = 0
+        pending: list[tuple[np.ndarray, str | None, str]] = []  # with replace: committed together at the end
+        for image in images:
+            try:
+                digest = content_sha256(image)
+                if not replace and gallery.has(name, digest):
+                    unchanged += 1
+                else:
+                    vector = choose_face(self.embed(image), face).embedding
+                    source = str(image) if isinstance(image, (str, Path)) else None
+                    if replace:
+                        pending.append((vector, source, digest))
+                    else:
+                        gallery.add(name, vector[None], [source], [digest])
+                    added += 1
+            except ImageError as error:
+                if isinstance(image, (str, Path)) and not str(error).startswith(str(image)):
+                    error = ImageError(f"{image}: {error}")
+                if on_image is None:
+                    raise error from None
+                on_image(image, error)
+                continue
+            if on_image is not None:
+                on_image(image, None)
+        if pending:
+            vectors, sources, digests = zip(*pending)
+            gallery.add(name, np.stack(vectors), list(sources), list(digests), replace=True)
+        return Enrolment(added, unchanged)

@@ -3,41 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
 import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 
-from edgeface.analyzer import Face, FaceAnalyzer
+from edgeface import __version__
+from edgeface.analyzer import Face, FaceAnalyzer, FaceChoice
 from edgeface.draw import annotate
 from edgeface.errors import EdgefaceError, GalleryError, ImageError
-from edgeface.gallery import UNKNOWN
-from edgeface.images import load_image
+from edgeface.gallery import UNKNOWN, Gallery
+from edgeface.images import Input, iter_inputs
 from edgeface.manifest import load_manifest
 from edgeface.profiles import DEFAULT_PROFILE, available_profiles, load_profile
-
-
-def iter_inputs(paths: list[str]) -> Iterator[tuple[str, Path]]:
-    """(display name, file) for each PATH: a file as given, or every file under a directory, sorted.
-
-    The display name of a file found in a directory is its path relative to that directory. Hidden files
-    are skipped; every other file is an input, so a stray non-image is reported rather than ignored.
-    """
-    for given in paths:
-        root = Path(given)
-        if root.is_dir():
-            for path in sorted(p for p in root.rglob("*") if p.is_file()):
-                relative = path.relative_to(root)
-                if not any(part.startswith(".") for part in relative.parts):
-                    yield relative.as_posix(), path
-        else:
-            yield given, root
 
 
 class Progress:
@@ -57,9 +42,29 @@ class Progress:
             sys.stderr.flush()
 
 
+def _escape_unencodable(error: UnicodeError) -> tuple[str, int]:
+    """Codec error handler for stdout and stderr: an undecodable file-name byte (a surrogate escape) as \\xNN,
+    the way the gallery stores it; any other character the stream cannot encode as \\uNNNN."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    bad = error.object[error.start:error.end]
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else
+                   c.encode("ascii", "backslashreplace").decode() for c in bad), error.end
+
+
+codecs.register_error("edgeface-escape", _escape_unencodable)
+
+
+def say(message: object) -> None:
+    """One line on stderr, 'edgeface: <message>', with line breaks and other control characters escaped."""
+    text = "".join(c.encode("unicode_escape").decode() if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c
+                   for c in str(message))
+    print(f"edgeface: {text}", file=sys.stderr)
+
+
 def _report_error(name: str, error: EdgefaceError, as_json: bool) -> None:
     message = str(error)
-    print(f"edgeface: {message}", file=sys.stderr)
+    say(message)
     if as_json:
         print(json.dumps({"image": name, "error": message}), flush=True)
 
@@ -82,23 +87,31 @@ def _print_faces(name: str, image: np.ndarray, faces: list[Face], as_json: bool)
         print(f"  box [{box}] score {face.score:.3f}{who}")
 
 
-def _existing_gallery(path: Path) -> Path:
-    """`path`, or a GalleryError if no gallery is there (only `enroll` creates one)."""
-    if not path.is_file():
-        raise GalleryError(f"{path}: no such gallery (create it with 'edgeface enroll')")
-    return path
+def _existing_gallery(analyzer: FaceAnalyzer, path: Path) -> Gallery:
+    """The gallery at `path` (only `enroll` creates one), with a warning for any damaged vector in it."""
+    gallery = analyzer.open_gallery(path, create=False)
+    try:
+        damaged = gallery.damaged()
+    except GalleryError:
+        gallery.close()
+        raise
+    if damaged:
+        say(f"warning: {path}: {damaged} damaged embedding(s) ignored (re-enroll the people concerned)")
+    return gallery
 
 
 def cmd_faces(args: argparse.Namespace) -> int:
     """detect / embed / liveness / identify over images and folders."""
     analyzer = _analyzer(args)
-    gallery = analyzer.open_gallery(_existing_gallery(args.gallery)) if args.command == "identify" else None
+    gallery = _existing_gallery(analyzer, args.gallery) if args.command == "identify" else None
     inputs = list(iter_inputs(args.paths))
     progress = Progress(len(inputs))
     failed = False
-    for name, path in inputs:
+    for item in inputs:
         try:
-            image = load_image(path)
+            if item.problem is not None:
+                raise item.error()
+            image = analyzer.load(item.path)
             if gallery is not None:
                 faces = analyzer.identify(image, gallery)
             elif args.command == "embed":
@@ -109,122 +122,135 @@ def cmd_faces(args: argparse.Namespace) -> int:
                 faces = analyzer.detect(image)
         except ImageError as error:
             failed = True
-            _report_error(name, error, args.json)
+            _report_error(item.name, error, args.json)
         else:
-            _print_faces(name, image, faces, args.json)
-        progress.step(name)
+            _print_faces(item.name, image, faces, args.json)
+        progress.step(item.name)
     return 1 if failed else 0
 
 
-def _person_name(name: str, path: Path, root_is_dir: bool) -> str:
+def _person_name(item: Input, root_is_dir: bool) -> str:
     """Sub-folder per person ('alice/1.jpg'), else 'name_x.jpg' ('Tom_Hanks_54745.png' -> 'Tom_Hanks')."""
-    parts = Path(name).parts
+    parts = Path(item.name).parts
     if root_is_dir and len(parts) > 1:
         return parts[0]
-    stem = path.stem
+    stem = item.path.stem
     return stem.rsplit("_", 1)[0] if "_" in stem else stem
 
 
-def _choose_face(faces: list[Face], choice: str | None) -> Face:
-    if len(faces) == 1 and choice is None:
-        return faces[0]
-    if not faces:
-        raise ImageError("no face found")
-    if choice is None:
-        raise ImageError(f"{len(faces)} faces found; pass --face largest (or an index 0..{len(faces) - 1})")
-    if choice == "largest":
-        return max(faces, key=lambda face: face.area)
-    index = int(choice)
-    if not 0 <= index < len(faces):
-        raise ImageError(f"--face {index}: only {len(faces)} faces found")
-    return faces[index]
-
-
 def cmd_enroll(args: argparse.Namespace) -> int:
-    """Enroll photos into a gallery, one transaction per photo."""
+    """Enroll photos into a gallery: one transaction per photo (per person with --replace); photos already
+    enrolled for their person are left alone."""
     analyzer = _analyzer(args)
-    enrolled, problems = 0, 0
+    people: dict[str, list[Path]] = {}
+    problems = 0
+    for given in args.paths:
+        for item in iter_inputs([given]):
+            if item.problem is not None:
+                problems += 1
+                say(f"skipped {item.error()}")
+            else:
+                people.setdefault(args.name or _person_name(item, Path(given).is_dir()), []).append(item.path)
+    progress = Progress(sum(map(len, people.values())))
+
+    def heard(image: object, error: ImageError | None) -> None:
+        nonlocal problems
+        if error is not None:
+            problems += 1
+            say(f"skipped {error}")
+        progress.step(str(image))
+
+    added = unchanged = 0
     with analyzer.open_gallery(args.gallery) as gallery:
-        for given in args.paths:
-            inputs = list(iter_inputs([given]))
-            progress = Progress(len(inputs))
-            for name, path in inputs:
-                try:
-                    face = _choose_face(analyzer.embed(load_image(path)), args.face)
-                    person = args.name or _person_name(name, path, Path(given).is_dir())
-                    gallery.add(person, face.embedding[None], [str(path)])
-                    enrolled += 1
-                except ImageError as error:
-                    problems += 1
-                    message = str(error) if str(error).startswith(str(path)) else f"{path}: {error}"
-                    print(f"edgeface: skipped {message}", file=sys.stderr)
-                progress.step(name)
-        people = gallery.people()
-    print(f"enrolled {enrolled} photo(s); gallery {args.gallery} holds {len(people)} people; skipped {problems}")
+        for person, photos in people.items():
+            try:
+                gallery.valid_name(person)
+            except GalleryError as error:
+                problems += len(photos)
+                say(f"skipped {len(photos)} photo(s): {str(error).removeprefix(f'{gallery.path}: ')}")
+                continue
+            done = analyzer.enroll(gallery, person, photos, face=args.face, replace=args.replace, on_image=heard)
+            added, unchanged = added + done.added, unchanged + done.unchanged
+        count = len(gallery.people())
+    print(f"enrolled {added} photo(s), {unchanged} already enrolled; gallery {args.gallery} holds {count} people; "
+          f"skipped {problems}")
     return 1 if problems else 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Cosine similarity of the largest face in two photos, and the verdict at the profile's threshold."""
-    analyzer = _analyzer(args)
-    vectors = []
-    for path in (args.image_a, args.image_b):
-        faces = analyzer.embed(load_image(path))
-        if not faces:
-            raise ImageError(f"{path}: no face found")
-        vectors.append(max(faces, key=lambda face: face.area).embedding)
-    similarity = float(np.dot(vectors[0], vectors[1]))
-    threshold = analyzer.profile.recognition.match_threshold
-    verdict = "same person" if similarity >= threshold else "different people"
+    result = _analyzer(args).verify(args.image_a, args.image_b)
     if args.json:
-        print(json.dumps({"similarity": round(similarity, 5), "threshold": threshold, "same": similarity >= threshold}))
+        print(json.dumps({"similarity": round(result.similarity, 5), "threshold": result.threshold,
+                          "same": result.same}))
     else:
-        print(f"{verdict}: similarity {similarity:.3f} (threshold {threshold})")
+        verdict = "same person" if result.same else "different people"
+        print(f"{verdict}: similarity {result.similarity:.3f} (threshold {result.threshold})")
     return 0
 
 
 PORTRAIT = re.compile(r"^(?P<name>.+)_\d+$")
 
 
+def _output_path(folder: Path, name: str, taken: set[Path]) -> Path:
+    """folder/<stem>.jpg for the input shown as `name`, numbered (-2, -3...) past the names already `taken`."""
+    stem = Path(name).stem
+    path, number = folder / f"{stem}.jpg", 1
+    while path in taken:
+        number += 1
+        path = folder / f"{stem}-{number}.jpg"
+    taken.add(path)
+    return path
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Enroll the portraits named 'Name_123.jpg' among the photos, then identify every face and draw it."""
+    """Enroll the portraits named 'Name_123.jpg' among the photos (the largest face of each), then identify every
+    face and draw it; a photo that cannot be read is reported once and the run goes on."""
     analyzer = _analyzer(args)
     inputs = list(iter_inputs(args.paths))
-    if not inputs:
-        raise ImageError(f"{', '.join(args.paths)}: no photos found")
     args.out.mkdir(parents=True, exist_ok=True)
+    failed: set[Path] = set()
+
+    def heard(image: object, error: ImageError | None) -> None:
+        if error is not None:
+            failed.add(Path(str(image)))
+            say(f"portrait skipped: {error}")
+
     with tempfile.TemporaryDirectory() as scratch, analyzer.open_gallery(Path(scratch) / "demo.db") as gallery:
-        for name, path in inputs:
-            portrait = PORTRAIT.match(path.stem)
-            if portrait:
-                faces = analyzer.embed(load_image(path))
-                if len(faces) == 1:
-                    gallery.add(portrait["name"], faces[0].embedding[None], [str(path)])
+        for item in inputs:
+            portrait = PORTRAIT.match(item.path.stem)
+            if portrait and item.problem is None:
+                try:
+                    analyzer.enroll(gallery, portrait["name"], [item.path], face="largest", on_image=heard)
+                except GalleryError as error:
+                    say(f"portrait skipped: {error}")
         people = [person for person, _ in gallery.people()]
         noun = "person" if len(people) == 1 else "people"
         print(f"enrolled {len(people)} {noun} from their portraits: {', '.join(people) or 'none'}")
-        failed = False
-        for name, path in inputs:
+        taken: set[Path] = set()
+        for item in inputs:
             try:
-                image = load_image(path)
+                if item.problem is not None:
+                    raise item.error()
+                image = analyzer.load(item.path)
                 started = time.perf_counter()
                 faces = analyzer.identify(image, gallery)
                 elapsed = (time.perf_counter() - started) * 1000
             except ImageError as error:
-                failed = True
-                _report_error(name, error, False)
+                if item.path not in failed:
+                    _report_error(item.name, error, False)
+                failed.add(item.path)
                 continue
-            drawn = args.out / f"{Path(name).stem}.jpg"
+            drawn = _output_path(args.out, item.name, taken)
             annotate(image, faces).save(drawn, quality=90)
             names = ", ".join(sorted(f.identity for f in faces if f.identity != UNKNOWN)) or "none"
-            print(f"{name}: {len(faces)} face(s) in {elapsed:.0f} ms; recognised: {names} -> {drawn}")
+            print(f"{item.name}: {len(faces)} face(s) in {elapsed:.0f} ms; recognised: {names} -> {drawn}")
     return 1 if failed else 0
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
     """List the enrolled people, or remove one."""
-    analyzer = _analyzer(args)
-    with analyzer.open_gallery(_existing_gallery(args.gallery)) as gallery:
+    with _existing_gallery(_analyzer(args), args.gallery) as gallery:
         if args.action == "remove":
             removed = gallery.remove(args.name)
             print(f"removed {args.name} ({removed} embedding(s))")
@@ -302,6 +328,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _face_choice(text: str) -> FaceChoice:
+    """argparse type of --face: 'largest' (any case) or a face index."""
+    if text.strip().lower() == "largest":
+        return "largest"
+    if text.strip().isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"must be 'largest' or a face index (0, 1, ...), got {text!r}")
+
+
+def _person(text: str) -> str:
+    """argparse type of --name: not blank."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a person's name cannot be empty")
+    return text
+
+
 def _face_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector", choices=("retinaface", "mtcnn"), help="override the profile's detector")
     parser.add_argument("--precision", choices=("int8", "float"), help="override the profile's precision")
@@ -314,6 +356,7 @@ def _face_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="edgeface", description="Offline face detection and recognition.")
+    parser.add_argument("--version", action="version", version=f"edgeface {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("detect", "detect faces"), ("embed", "detect faces and embed them"),
                        ("liveness", "detect faces and score them live or spoof (printed photos)")):
@@ -329,8 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     enroll = sub.add_parser("enroll", help="enroll photos (name_x.jpg files, or one sub-folder per person)")
     enroll.add_argument("paths", nargs="+", metavar="PATH")
     enroll.add_argument("--gallery", required=True, type=Path, metavar="DB")
-    enroll.add_argument("--name", help="enroll every photo given as this person")
-    enroll.add_argument("--face", metavar="largest|INDEX", help="which face to take from a photo with several")
+    enroll.add_argument("--name", type=_person, help="enroll every photo given as this person")
+    enroll.add_argument("--face", type=_face_choice, metavar="largest|INDEX",
+                        help="which face to take from a photo with several")
+    enroll.add_argument("--replace", action="store_true",
+                        help="replace each person's embeddings with these photos' (one transaction per person)")
     _face_options(enroll)
     enroll.set_defaults(handler=cmd_enroll)
     verify = sub.add_parser("verify", help="are two photos the same person?")
@@ -391,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `edgeface` console script."""
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed escaped, never a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="edgeface-escape")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "gallery" and args.action == "remove" and not args.name:
@@ -398,10 +447,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except EdgefaceError as error:
-        print(f"edgeface: error: {error}", file=sys.stderr)
+        say(f"error: {error}")
         return 2
     except KeyboardInterrupt:
-        print("edgeface: interrupted", file=sys.stderr)
+        say("interrupted")
         return 130
     except BrokenPipeError:  # stdout's reader went away (`| head`): stop quietly, no flush error at exit
         try:

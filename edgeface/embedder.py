@@ -55,6 +55,12 @@ class Embedder:
             vectors[i::self._workers] = part
         return _unit(vectors)
 
+    def close(self) -> None:
+        """Stop the worker threads and drop their interpreters (made again on the next parallel embedding)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor, self._pool = None, []
+
     def embed(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """Embeddings of the faces with these landmarks (N x 5 x 2, original pixels) in an RGB image. They are all
         aligned first, on this thread: alignment holds the GIL most of its time, and interleaved with the workers'

@@ -158,9 +158,10 @@ class Gallery:
         if not isinstance(name, str) or not name.strip():
             raise GalleryError(f"{self.path}: a person's name must be a non-empty string, got {name!r}")
         name = _safe_text(name.strip())
-        if any(unicodedata.category(c) == "Cc" for c in name) or len(name) > 200:
-            shown = name if len(name) <= 40 else f"{name[:40]}...' ({len(name)} characters)"
-            raise GalleryError(f"{self.path}: invalid name {shown!r} (control characters, or over 200 characters)")
+        if len(name) > 200:
+            raise GalleryError(f"{self.path}: invalid name {name[:40]!r}...: over 200 characters ({len(name)})")
+        if any(unicodedata.category(c) == "Cc" for c in name):
+            raise GalleryError(f"{self.path}: invalid name {name!r}: it holds control characters")
         if name == UNKNOWN:
             raise GalleryError(f"{self.path}: '{UNKNOWN}' is reserved for faces nobody matches")
         return name

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from edgeface.analyzer import Face, FaceAnalyzer, choose_face
+from edgeface.cli import main
 from edgeface.errors import GalleryError, ImageError, ProfileError
 from edgeface.gallery import SCHEMA_VERSION, Gallery
 from edgeface.images import content_sha256, iter_inputs, list_images, load_image
@@ -17,14 +21,25 @@ from edgeface.profiles import load_profile
 
 MODEL = "c3" * 32
 DIM = 8
-def _unit(n: int, seed: int = 0) -> np.ndarray:
-    vectors = np.random.default_rng(seed).normal(size=(n, DIM))
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
 def _jpeg(path: Path, width: int = 64, height: int = 48) -> Path:
     Image.new("RGB", (width, height), (200, 120, 40)).save(path)
     return path
+
+
+def _unit(n: int, seed: int = 0) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(n, DIM))
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _usage_error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """main() must refuse `args` as argparse does (exit 2), on stderr, without a traceback."""
+    with pytest.raises(SystemExit) as stop:
+        main(list(args))
+    out, err = capsys.readouterr()
+    assert stop.value.code == 2 and out == "" and "Traceback" not in err
+    return err
 
 
 # --- the one folder walker -------------------------------------------------------------------------------------
@@ -144,6 +159,58 @@ def test_profile_image_cap_is_validated(tmp_path: Path) -> None:
         load_profile(path)
 
 
+# --- overrides go through the profile's validation ----------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides, problem", [
+    ({"precision": "fp16"}, r"runtime\.precision: must be one of"),
+    ({"detector": "mtcnn", "input_size": 100_000}, r"mtcnn\.input_size: must be an even integer from 64 to 2048"),
+    ({"input_size": 2}, r"detector\.input_size: must be one of 320, 640"),
+    ({"score_threshold": 1.5}, r"detector\.score_threshold"),
+    ({"detector": "haar"}, r"detector\.name"),
+])
+def test_analyzer_overrides_are_validated(overrides: dict, problem: str) -> None:
+    with pytest.raises(ProfileError, match=problem) as info:
+        FaceAnalyzer("x86", **overrides)
+    assert "make models" not in str(info.value)
+
+
+@pytest.mark.parametrize("option", [["--detector", "mtcnn", "--input-size", "100000"], ["--input-size", "2"]])
+def test_cli_overrides_are_validated(capsys: pytest.CaptureFixture[str], tmp_path: Path, option: list[str]) -> None:
+    code = main(["detect", str(_jpeg(tmp_path / "a.jpg")), *option])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    [line] = err.splitlines()
+    assert line.startswith("edgeface: error: ") and "input_size" in line
+
+
+def test_face_option_takes_largest_in_any_case_or_an_index(capsys: pytest.CaptureFixture[str]) -> None:
+    err = _usage_error(capsys, "enroll", "a.jpg", "--gallery", "g.db", "--face", "x")
+    assert "--face" in err and "'x'" in err
+    faces = [Face((0, 0, 10, 10), 0.9, []), Face((0, 0, 30, 30), 0.8, [])]
+    assert choose_face(faces, "LARGEST") is faces[1]
+    assert choose_face(faces, 0) is faces[0]
+    with pytest.raises(ImageError, match="only 2"):
+        choose_face(faces, 2)
+
+
+def test_enroll_refuses_an_empty_name(capsys: pytest.CaptureFixture[str]) -> None:
+    err = _usage_error(capsys, "enroll", "a.jpg", "--gallery", "g.db", "--name", " ")
+    assert "--name" in err and "empty" in err
+
+
+def test_version() -> None:
+    for command in ([sys.executable, "-m", "edgeface", "--version"],
+                    [str(Path(sys.executable).with_name("edgeface")), "--version"]):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and done.stdout.strip() == f"edgeface {__import__('edgeface').__version__}"
+    import edgeface
+    from importlib.metadata import version
+
+    assert edgeface.__version__ == version("edgeface")
+    assert edgeface.FaceAnalyzer is FaceAnalyzer and edgeface.load_image is load_image
+    assert {"FaceAnalyzer", "Face", "Gallery", "load_image", "__version__"} <= set(edgeface.__all__)
+
+
 # --- the gallery: every SQLite failure is a GalleryError naming the file -----------------------------------------
 
 @pytest.fixture()
@@ -221,7 +288,7 @@ def test_undecodable_file_names_are_stored_escaped(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["unknown", "x" * 201, "tab\there"])
 def test_invalid_names_are_refused_before_any_write(db: Path, name: str) -> None:
     with Gallery(db, MODEL, DIM) as gallery:
-        with pytest.raises(GalleryError, match="reserved|invalid name"):
+        with pytest.raises(GalleryError, match="reserved|over 200 characters|control characters"):
             gallery.valid_name(name)
         assert gallery.people() == [("Alice", 2)]
 
@@ -281,3 +348,174 @@ def test_new_gallery_is_created_at_the_current_schema(tmp_path: Path) -> None:
         assert raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
     assert SCHEMA_VERSION == 2
 
+
+
+# --- with the models: the CLI and the API on real photos ---------------------------------------------------------
+
+SCRIPT = Path(sys.executable).with_name("edgeface")
+
+
+def _script(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([str(SCRIPT), *map(str, args)], capture_output=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def _errors(stderr: bytes) -> list[str]:
+    """stderr lines, TFLite's INFO logs left out; none may be a traceback."""
+    text = stderr.decode("utf-8", "replace")
+    assert "Traceback" not in text, text
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("INFO: ")]
+
+
+@pytest.fixture(scope="module")
+def lfw(data: Path) -> Path:
+    return data / "lfw_fold1" / "images"
+
+
+@pytest.fixture(scope="module")
+def analyzer(manifest: object) -> FaceAnalyzer:
+    with FaceAnalyzer("x86") as face_analyzer:
+        yield face_analyzer
+
+
+def _photos(lfw: Path, person: str, count: int) -> list[Path]:
+    return sorted((lfw / person).glob("*.jpg"))[:count]
+
+
+def test_plain_text_output_survives_undecodable_file_names(tmp_path: Path, manifest: object, lfw: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    odd = os.fsdecode(b"caf\xe9.jpg")
+    (folder / odd).write_bytes(_photos(lfw, "Pervez_Musharraf", 1)[0].read_bytes())
+    (folder / "z.jpg").write_bytes(b"broken")
+    done = _script("detect", folder, env={"PYTHONIOENCODING": "utf-8"})  # strict, as under LC_ALL=en_GB.UTF-8
+    assert done.returncode == 1
+    assert done.stdout.decode().splitlines()[0] == "caf\\xe9.jpg: 1 face"  # the run went on to z.jpg
+    [line] = _errors(done.stderr)
+    assert line.startswith("edgeface: ") and "z.jpg: not a readable image" in line
+
+
+def test_empty_folder_is_an_error(tmp_path: Path, manifest: object) -> None:
+    (tmp_path / "empty").mkdir()
+    for command in (["detect"], ["enroll", "--gallery", tmp_path / "g.db"]):
+        done = _script(*command, tmp_path / "empty")
+        assert done.returncode == 1
+        [line] = _errors(done.stderr)
+        assert line.startswith("edgeface: ") and "empty: no files in this folder" in line
+
+
+def test_empty_gallery_file_is_refused(tmp_path: Path, manifest: object, lfw: Path) -> None:
+    (tmp_path / "zero.db").touch()
+    done = _script("identify", _photos(lfw, "Pervez_Musharraf", 1)[0], "--gallery", tmp_path / "zero.db")
+    assert done.returncode == 2 and done.stdout == b""
+    assert _errors(done.stderr) == [f"edgeface: error: {tmp_path / 'zero.db'}: an empty file, not a gallery "
+                                    "(create one with 'edgeface enroll')"]
+    assert (tmp_path / "zero.db").stat().st_size == 0
+
+
+def test_enroll_skips_people_it_cannot_name_and_goes_on(tmp_path: Path, manifest: object, lfw: Path) -> None:
+    people = tmp_path / "people"
+    names = {"unknown": "reserved", "x" * 201: "over 200 characters", os.fsdecode(b"Ren\xe9"): None,
+             "Pervez_Musharraf": None}
+    for name in names:
+        (people / name).mkdir(parents=True)
+        (people / name / "1.jpg").write_bytes(_photos(lfw, "Pervez_Musharraf", 1)[0].read_bytes())
+    done = _script("enroll", people, "--gallery", tmp_path / "g.db")
+    assert done.returncode == 1
+    lines = _errors(done.stderr)
+    assert lines == ["edgeface: skipped 1 photo(s): 'unknown' is reserved for faces nobody matches",
+                     f"edgeface: skipped 1 photo(s): invalid name {'x' * 40!r}...: over 200 characters (201)"]
+    assert done.stdout.decode().splitlines() == [
+        f"enrolled 2 photo(s), 0 already enrolled; gallery {tmp_path / 'g.db'} holds 2 people; skipped 2"]
+    listed = _script("gallery", "list", "--gallery", tmp_path / "g.db", env={"PYTHONIOENCODING": "utf-8"})
+    assert listed.stdout.decode().splitlines() == ["Pervez_Musharraf\t1", "Ren\\xe9\t1"]
+
+
+def test_enroll_twice_adds_nothing_and_replace_reenrolls(tmp_path: Path, manifest: object, lfw: Path) -> None:
+    first, second = _photos(lfw, "Pervez_Musharraf", 3), _photos(lfw, "Pervez_Musharraf", 5)[3:]
+    db = tmp_path / "g.db"
+    done = _script("enroll", *first, "--gallery", db, "--face", "largest")
+    assert done.returncode == 0
+    copy = tmp_path / "Pervez_Musharraf_9999.jpg"  # the same content under another name
+    copy.write_bytes(first[0].read_bytes())
+    done = _script("enroll", *first, copy, "--gallery", db, "--face", "largest")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().strip() == f"enrolled 0 photo(s), 4 already enrolled; gallery {db} holds 1 people; " \
+                                           "skipped 0"
+    done = _script("enroll", *second, "--gallery", db, "--replace", "--face", "largest")
+    assert done.returncode == 0
+    with sqlite3.connect(db) as raw:
+        sources = sorted(row[0] for row in raw.execute("SELECT source FROM embeddings"))
+    assert sources == sorted(map(str, second))
+
+
+def test_demo_goes_on_past_a_corrupt_portrait_and_keeps_every_output(tmp_path: Path, manifest: object,
+                                                                     lfw: Path) -> None:
+    photos = tmp_path / "photos"
+    (photos / "a").mkdir(parents=True)
+    (photos / "b").mkdir()
+    alice, bob = _photos(lfw, "Pervez_Musharraf", 2), _photos(lfw, "Jennifer_Garner", 1)
+    (photos / "Alice_1.jpg").write_bytes(alice[0].read_bytes())
+    (photos / "Broken_1.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (photos / "Bob_1.jpg").write_bytes(bob[0].read_bytes())
+    (photos / "a" / "query.jpg").write_bytes(alice[1].read_bytes())
+    (photos / "b" / "query.jpg").write_bytes(bob[0].read_bytes())
+    done = _script("demo", photos, "--out", tmp_path / "out")
+    assert done.returncode == 1
+    [line] = _errors(done.stderr)
+    assert line.startswith("edgeface: ") and "Broken_1.jpg: not a readable image" in line
+    out = done.stdout.decode().splitlines()
+    assert out[0] == "enrolled 2 people from their portraits: Alice, Bob"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "Alice_1.jpg", "Bob_1.jpg", "query-2.jpg", "query.jpg"]
+    assert any(line.startswith("a/query.jpg: ") and "recognised: Alice" in line for line in out)
+    assert any(line.startswith("b/query.jpg: ") and "recognised: Bob" in line for line in out)
+
+
+@pytest.mark.parametrize("kind", ODD_ARRAYS)
+def test_api_refuses_odd_arrays_before_the_models(analyzer: FaceAnalyzer, kind: str) -> None:
+    for method in (analyzer.detect, analyzer.embed):
+        with pytest.raises(ImageError, match=ODD_ARRAYS[kind][1]):
+            method(ODD_ARRAYS[kind][0])
+
+
+def test_api_takes_paths_bytes_pil_and_bgr_arrays(analyzer: FaceAnalyzer, lfw: Path) -> None:
+    [path] = _photos(lfw, "Pervez_Musharraf", 1)
+    pixels = load_image(path)
+    reference = analyzer.embed(pixels)
+    assert len(reference) == 1
+    with FaceAnalyzer("x86", bgr=True) as bgr:
+        inputs = [(analyzer, path), (analyzer, str(path)), (analyzer, path.read_bytes()),
+                  (analyzer, Image.open(path)), (bgr, np.ascontiguousarray(pixels[..., ::-1]))]
+        for user, image in inputs:
+            [face] = user.embed(image)
+            assert face.box == reference[0].box
+            assert float(face.embedding @ reference[0].embedding) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_api_verify_and_enroll(analyzer: FaceAnalyzer, lfw: Path, tmp_path: Path) -> None:
+    alice, bob = _photos(lfw, "Pervez_Musharraf", 3), _photos(lfw, "Jennifer_Garner", 1)
+    same, other = analyzer.verify(alice[0], alice[1]), analyzer.verify(alice[0], bob[0])
+    assert same.same and not other.same and same.similarity > other.similarity
+    with pytest.raises(ImageError, match="image B: no face found"):
+        analyzer.verify(alice[0], np.full((120, 120, 3), 128, np.uint8))
+    heard: list[tuple[object, ImageError | None]] = []
+    with analyzer.open_gallery(tmp_path / "g.db") as gallery:
+        done = analyzer.enroll(gallery, "Alice", [*alice[:2], b"junk"], on_image=lambda i, e: heard.append((i, e)))
+        assert (done.added, done.unchanged) == (2, 0)
+        assert [error is None for _, error in heard] == [True, True, False]
+        assert "image bytes: not a readable image" in str(heard[2][1])
+        again = analyzer.enroll(gallery, "Alice", [alice[0], alice[1].read_bytes(), alice[2]])
+        assert (again.added, again.unchanged) == (1, 2)  # the same bytes, as a path or as bytes
+        assert gallery.people() == [("Alice", 3)]
+        assert analyzer.identify(alice[2], gallery)[0].identity == "Alice"
+
+
+def test_analyzer_closes_its_worker_threads(manifest: object, lfw: Path, data: Path) -> None:
+    import threading
+
+    before = {t for t in threading.enumerate() if t.name.startswith("embed")}
+    with FaceAnalyzer("x86") as user:
+        assert len(user.embed(data / "group_photos" / "ultraface_imgs_13.jpg")) == 2  # two faces: the workers
+        assert {t for t in threading.enumerate() if t.name.startswith("embed")} - before
+    assert {t for t in threading.enumerate() if t.name.startswith("embed")} == before
