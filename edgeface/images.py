@@ -50,22 +50,26 @@ def load_image(image: ImageInput, *, bgr: bool = False, max_pixels: int = MAX_PI
     """
     if isinstance(image, np.ndarray):
         return _checked_array(image, bgr)
-    if isinstance(image, Image.Image):
-        return _decoded(image, "image", max_pixels, upright=False)
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        if not len(image):
-            raise ImageError("image bytes: empty")
-        return _read(io.BytesIO(image), "image bytes", max_pixels)
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        try:
-            if path.stat().st_size == 0:
-                raise ImageError(f"{path}: empty file")
-        except FileNotFoundError:
-            raise ImageError(f"{path}: no such file") from None
-        except OSError as error:
-            raise ImageError(f"{path}: cannot read ({error.strerror})") from None
-        return _read(path, str(path), max_pixels)
+    with warnings.catch_warnings():
+        # The image decodes or is an ImageError: Pillow's warnings (corrupt EXIF or TIFF tags skipped, its own
+        # bomb warning below max_pixels) would only be stray lines on stderr.
+        warnings.simplefilter("ignore")
+        if isinstance(image, Image.Image):
+            return _decoded(image, "image", max_pixels, upright=False)
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            if not len(image):
+                raise ImageError("image bytes: empty")
+            return _read(io.BytesIO(image), "image bytes", max_pixels)
+        if isinstance(image, (str, Path)):
+            path = Path(image)
+            try:
+                if path.stat().st_size == 0:
+                    raise ImageError(f"{path}: empty file")
+            except FileNotFoundError:
+                raise ImageError(f"{path}: no such file") from None
+            except OSError as error:
+                raise ImageError(f"{path}: cannot read ({error.strerror})") from None
+            return _read(path, str(path), max_pixels)
     raise ImageError(f"expected an image path, file bytes, a PIL image or an H x W x 3 uint8 array, "
                      f"got {type(image).__name__}")
 
@@ -73,11 +77,8 @@ def load_image(image: ImageInput, *, bgr: bool = False, max_pixels: int = MAX_PI
 def _read(source: Path | io.BytesIO, where: str, max_pixels: int) -> np.ndarray:
     """Decode an image file (a path or its bytes) named `where` in errors."""
     try:
-        with warnings.catch_warnings():
-            # max_pixels is the limit: Pillow's own bomb warning (above ~89 Mpx) would only add stderr noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(source) as image:
-                return _decoded(image, where, max_pixels, upright=True)
+        with Image.open(source) as image:
+            return _decoded(image, where, max_pixels, upright=True)
     except ImageError:
         raise
     except IsADirectoryError:
