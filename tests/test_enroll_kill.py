@@ -1,0 +1,92 @@
+"""`edgeface enroll` killed with SIGKILL at random points, many times: nothing committed is lost, nothing doubled.
+
+The README's promise: each photo commits on its own (with --replace, each person), so after any kill every
+enrolled photo is intact (its SHA-256, source and vector), no photo is enrolled twice, and with --replace every
+person holds either all their old photos or all their new ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgeface.manifest import Manifest
+
+SCRIPT = Path(sys.executable).with_name("edgeface")
+PEOPLE = ("Jennifer_Garner", "Pervez_Musharraf", "Vaclav_Havel")
+KILLS = 8
+
+
+def _folder(root: Path, lfw: Path, photos: slice) -> dict[str, set[str]]:
+    """root/<person>/ with these photos of each person; the SHA-256 of each person's photos."""
+    digests: dict[str, set[str]] = {}
+    for person in PEOPLE:
+        (root / person).mkdir(parents=True)
+        for photo in sorted((lfw / person).glob("*.jpg"))[photos]:
+            shutil.copy(photo, root / person)
+            digests.setdefault(person, set()).add(hashlib.sha256(photo.read_bytes()).hexdigest())
+    return digests
+
+
+def _enrolled(db: Path) -> dict[str, list[str]]:
+    """Each person's enrolled digests, after checking that every row is whole and matches its source file."""
+    if not db.exists() or db.stat().st_size == 0:
+        return {}
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        if not raw.execute("SELECT 1 FROM sqlite_master WHERE name = 'embeddings'").fetchone():
+            return {}
+        rows = raw.execute("SELECT p.name, e.content_sha256, e.source, e.vector FROM embeddings e "
+                           "JOIN people p ON p.id = e.person_id").fetchall()
+    people: dict[str, list[str]] = {}
+    for name, digest, source, vector in rows:
+        assert hashlib.sha256(Path(source).read_bytes()).hexdigest() == digest
+        assert len(vector) == 192 * 4 and abs(np.linalg.norm(np.frombuffer(vector, np.float32)) - 1) < 1e-4
+        people.setdefault(name, []).append(digest)
+    return people
+
+
+def _kill_at_random(command: list[str], seconds: float, rng: np.random.Generator) -> None:
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(rng.uniform(0.2, 1.0) * seconds)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+
+
+def test_sigkill_loses_nothing_and_doubles_nothing(tmp_path: Path, manifest: Manifest, data: Path) -> None:
+    lfw = data / "lfw_fold1" / "images"
+    old, new = _folder(tmp_path / "old", lfw, slice(0, 3)), _folder(tmp_path / "new", lfw, slice(3, 6))
+    db = tmp_path / "g.db"
+    enroll = [str(SCRIPT), "enroll", "--face", "largest", "--gallery", str(db)]
+    started = time.monotonic()
+    subprocess.run([*enroll[:4], "--gallery", str(tmp_path / "timing.db"), str(tmp_path / "old")], check=True,
+                   capture_output=True, timeout=300)
+    seconds = time.monotonic() - started
+    rng = np.random.default_rng(15)
+
+    states = set()
+    for _ in range(KILLS):
+        _kill_at_random([*enroll, str(tmp_path / "old")], seconds, rng)
+        people = _enrolled(db)
+        for person, digests in people.items():
+            assert len(digests) == len(set(digests)) and set(digests) <= old[person]
+        states.add(sum(map(len, people.values())))
+    assert len(states) > 1, states  # the kills landed at different points of the run
+    subprocess.run([*enroll, str(tmp_path / "old")], check=True, capture_output=True, timeout=300)
+    assert {person: set(digests) for person, digests in _enrolled(db).items()} == old
+    assert sum(map(len, _enrolled(db).values())) == sum(map(len, old.values()))
+
+    for _ in range(KILLS):
+        _kill_at_random([*enroll, "--replace", str(tmp_path / "new")], seconds, rng)
+        for person, digests in _enrolled(db).items():
+            assert sorted(digests) in (sorted(old[person]), sorted(new[person])), person  # one person, one commit
+    subprocess.run([*enroll, "--replace", str(tmp_path / "new")], check=True, capture_output=True, timeout=300)
+    assert {person: set(digests) for person, digests in _enrolled(db).items()} == new
