@@ -1,7 +1,7 @@
 """Shared fixtures: the converted models and the labelled photos.
 
 Without models (no `make models` yet) or without ../shared/data, the tests that need them skip, except
-under CI=true, where `make test` has just built the models and a missing manifest is a failure.
+under CI=true, where `make test` has just built the models and either one missing is a failure.
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ def data() -> Path:
     """The labelled photo folder (../shared/data or $EDGEFACE_DATA)."""
     root = data_dir()
     if root is None:
-        pytest.skip("labelled photos not found (../shared/data or $EDGEFACE_DATA)")
+        message = "labelled photos not found (../shared/data or $EDGEFACE_DATA)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"data missing under CI: {message}")
+        pytest.skip(message)
     return root
 
 

@@ -145,12 +145,12 @@ def test_check_quant_quick(manifest: Manifest, data: Path, tmp_path: Path,
     assert report["meta"]["quick"] is True
     assert {row["model"] for row in report["detection"]} == {"retinaface-320", "retinaface-640", "mtcnn-640"}
     for row in report["detection"]:
-        assert set(row["ap"]["int8"]) == set(SETTINGS) and 0 < row["ap"]["float"]["easy"] <= 1
+        assert set(row["ap"]["int8"]) == set(SETTINGS) and 0.85 <= row["ap"]["float"]["easy"] <= 1  # quick: 0.97-1.0
     assert {row["detector"] for row in report["landmarks"]} == {"retinaface", "mtcnn"}
     recognition = report["recognition"]
     assert recognition["lfw"]["pairs"] == 100 and "interleaved" in recognition["lfw"]["folds"]
     assert set(recognition["lfw"]["int8"]["tar_at_far"]) == {"0.01", "0.001"}
-    assert 0 < recognition["cosine"]["mean"] <= 1
+    assert 0.95 <= recognition["cosine"]["mean"] <= 1  # measured 0.990 on the full set
     identification = recognition["identification"]
     assert 200 <= identification["photos"] < 260 and identification["enrolled_people"] > 0
     assert "recommended_threshold" in identification["int8"]
