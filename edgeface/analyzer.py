@@ -9,6 +9,7 @@ from pathlib import Path
 from types import TracebackType
 
 import numpy as np
+from PIL import Image
 
 from edgeface.detection import Detections
 from edgeface.embedder import Embedder
@@ -243,14 +244,16 @@ class FaceAnalyzer:
             vectors.append(max(faces, key=lambda face: face.area).embedding)
         return Verification(float(np.dot(vectors[0], vectors[1])), self.profile.recognition.match_threshold)
 
-    def enroll(self, gallery: Gallery, name: str, images: Iterable[ImageInput], *, face: FaceChoice = None,
-               replace: bool = False, on_image: Callable[[ImageInput, ImageError | None], None] | None = None
-               ) -> Enrolment:
-        """Enroll one face of each image as `name`. Each photo commits on its own, and one whose content (SHA-256)
-        is already enrolled for `name` is left alone; with `replace`, the person's embeddings are swapped for the
-        new ones in one transaction (kept when no photo gives a face). `on_image(image, error)` hears of every
-        image, and a bad one (ImageError) is skipped; without it, the first bad image raises."""
+    def enroll(self, gallery: Gallery, name: str, images: ImageInput | Iterable[ImageInput], *,
+               face: FaceChoice = None, replace: bool = False,
+               on_image: Callable[[ImageInput, ImageError | None], None] | None = None) -> Enrolment:
+        """Enroll one face of the image, or of each image, as `name`. Each photo commits on its own, and one whose
+        content (SHA-256) is already enrolled for `name` is left alone; with `replace`, the person's embeddings are
+        swapped for the new ones in one transaction (kept when no photo gives a face). `on_image(image, error)`
+        hears of every image, and a bad one (ImageError) is skipped; without it, the first bad image raises."""
         name = gallery.valid_name(name)
+        if isinstance(images, (str, Path, bytes, bytearray, memoryview, np.ndarray, Image.Image)):
+            images = [images]
         added = unchanged = 0
         pending: list[tuple[np.ndarray, str | None, str]] = []  # with replace: committed together at the end
         for image in images:

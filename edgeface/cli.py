@@ -458,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
         return 141
+    except OSError as error:  # an output that cannot be written (--out a file, a full disk): one line, no traceback
+        say(f"error: {error.filename or ''}{': ' if error.filename else ''}{error.strerror or error}")
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeface.analyzer import Face, FaceAnalyzer, choose_face
+from edgeface.analyzer import Enrolment, Face, FaceAnalyzer, choose_face
 from edgeface.cli import main
 from edgeface.errors import GalleryError, ImageError, ProfileError
 from edgeface.gallery import SCHEMA_VERSION, Gallery
@@ -472,6 +472,25 @@ def test_demo_goes_on_past_a_corrupt_portrait_and_keeps_every_output(tmp_path: P
     assert any(line.startswith("b/query.jpg: ") and "recognised: Bob" in line for line in out)
 
 
+def test_unwritable_output_is_one_line(tmp_path: Path, manifest: object, lfw: Path) -> None:
+    photo = _photos(lfw, "Pervez_Musharraf", 1)[0]
+    done = _script("demo", photo, "--out", photo)  # a file where the output folder should be
+    assert done.returncode == 2 and done.stdout == b""
+    assert _errors(done.stderr) == [f"edgeface: error: {photo}: File exists"]
+
+
+def test_damaged_vector_is_a_warning_for_identify(tmp_path: Path, manifest: object, lfw: Path) -> None:
+    db, photos = tmp_path / "g.db", _photos(lfw, "Pervez_Musharraf", 3)
+    assert _script("enroll", *photos[:2], "--gallery", db, "--face", "largest").returncode == 0
+    with sqlite3.connect(db) as raw:
+        raw.execute("UPDATE embeddings SET vector = x'00' WHERE id = 1")
+    done = _script("identify", photos[2], "--gallery", db, "--json")
+    assert done.returncode == 0
+    assert _errors(done.stderr) == [f"edgeface: warning: {db}: 1 damaged embedding(s) ignored "
+                                    "(re-enroll the people concerned)"]
+    assert "Pervez_Musharraf" in done.stdout.decode()
+
+
 @pytest.mark.parametrize("kind", ODD_ARRAYS)
 def test_api_refuses_odd_arrays_before_the_models(analyzer: FaceAnalyzer, kind: str) -> None:
     for method in (analyzer.detect, analyzer.embed):
@@ -509,6 +528,7 @@ def test_api_verify_and_enroll(analyzer: FaceAnalyzer, lfw: Path, tmp_path: Path
         assert (again.added, again.unchanged) == (1, 2)  # the same bytes, as a path or as bytes
         assert gallery.people() == [("Alice", 3)]
         assert analyzer.identify(alice[2], gallery)[0].identity == "Alice"
+        assert analyzer.enroll(gallery, "Alice", str(alice[2])) == Enrolment(0, 1)  # one image, not its letters
 
 
 def test_analyzer_closes_its_worker_threads(manifest: object, lfw: Path, data: Path) -> None:
