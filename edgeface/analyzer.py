@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -22,6 +23,9 @@ from edgeface.manifest import Manifest, ModelSpec, load_manifest, model_key
 from edgeface.mtcnn import CascadeSettings, Mtcnn
 from edgeface.profiles import Profile, load_profile
 from edgeface.retinaface import RetinaFace
+
+if TYPE_CHECKING:
+    from edgeface.tracker import StreamFrame
 
 
 @dataclass
@@ -210,14 +214,24 @@ class FaceAnalyzer:
         found = self.detector.detect(pixels, self.score_threshold, det.nms_iou, det.max_faces)
         return _faces(found)
 
-    def embed(self, image: ImageInput) -> list[Face]:
-        """Detect, then give every face its L2-normalised embedding."""
-        pixels = self.load(image)
-        faces = self._detect(pixels)
-        vectors = self.embedder.embed(pixels, np.array([f.landmarks for f in faces]).reshape(-1, 5, 2))
+    def embed_faces(self, image: np.ndarray, faces: list[Face]) -> list[Face]:
+        """Give each of `faces` (found in this RGB image) its L2-normalised embedding, aligned by its landmarks."""
+        vectors = self.embedder.embed(image, np.array([f.landmarks for f in faces]).reshape(-1, 5, 2))
         for face, vector in zip(faces, vectors):
             face.embedding = vector
         return faces
+
+    def embed(self, image: ImageInput) -> list[Face]:
+        """Detect, then give every face its L2-normalised embedding."""
+        pixels = self.load(image)
+        return self.embed_faces(pixels, self._detect(pixels))
+
+    def track(self, frames: Iterable[np.ndarray], liveness_frames: int = 0) -> Iterator[StreamFrame]:
+        """VIDEO mode: per frame, the faces as tracks with a stable `track_id` (edgeface.tracker.FaceStream);
+        each track is embedded when it appears and again only on a clearly better view."""
+        from edgeface.tracker import FaceStream
+
+        return FaceStream(self, liveness_frames=liveness_frames).run(frames)
 
     def open_gallery(self, path: str | Path, *, create: bool = True) -> Gallery:
         """The gallery at `path` bound to this analyzer's embedding model (created if missing, unless `create`
