@@ -56,11 +56,15 @@ def _escape_unencodable(error: UnicodeError) -> tuple[str, int]:
 codecs.register_error("edgeface-escape", _escape_unencodable)
 
 
+def one_line(text: object) -> str:
+    """`text` with line breaks and other control characters escaped (a file name may hold any of them)."""
+    return "".join(c.encode("unicode_escape").decode() if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c
+                   for c in str(text))
+
+
 def say(message: object) -> None:
-    """One line on stderr, 'edgeface: <message>', with line breaks and other control characters escaped."""
-    text = "".join(c.encode("unicode_escape").decode() if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c
-                   for c in str(message))
-    print(f"edgeface: {text}", file=sys.stderr)
+    """One line on stderr: 'edgeface: <message>'."""
+    print(f"edgeface: {one_line(message)}", file=sys.stderr)
 
 
 def _report_error(name: str, error: EdgefaceError, as_json: bool) -> None:
@@ -81,7 +85,7 @@ def _print_faces(name: str, image: np.ndarray, faces: list[Face], as_json: bool)
                   "faces": [face.to_json() for face in faces]}
         print(json.dumps(record), flush=True)
         return
-    print(f"{name}: {len(faces)} face{'s' if len(faces) != 1 else ''}")
+    print(f"{one_line(name)}: {len(faces)} face{'s' if len(faces) != 1 else ''}")
     for face in faces:
         box = " ".join(f"{v:.0f}" for v in face.box)
         who = f"  {face.identity} ({face.similarity:.3f})" if face.identity is not None else ""
@@ -245,7 +249,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             drawn = _output_path(args.out, item.name, taken)
             annotate(image, faces).save(drawn, quality=90)
             names = ", ".join(sorted(f.identity for f in faces if f.identity != UNKNOWN)) or "none"
-            print(f"{item.name}: {len(faces)} face(s) in {elapsed:.0f} ms; recognised: {names} -> {drawn}")
+            print(one_line(f"{item.name}: {len(faces)} face(s) in {elapsed:.0f} ms; recognised: {names} -> {drawn}"))
     return 1 if failed else 0
 
 
@@ -257,7 +261,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
             print(f"removed {args.name} ({removed} embedding(s))")
         else:
             for name, count in gallery.people():
-                print(f"{name}\t{count}")
+                print(f"{one_line(name)}\t{count}")
     return 0
 
 

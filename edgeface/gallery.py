@@ -77,7 +77,7 @@ class Gallery:
             self._check_or_create(model_sha256)
         except sqlite3.Error as error:
             self._db.close()
-            raise GalleryError(f"{self.path}: not a readable edgeface gallery ({error})") from None
+            raise GalleryError(f"{self.path}: cannot read the gallery ({error})") from None
         except GalleryError:
             self._db.close()
             raise

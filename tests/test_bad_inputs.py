@@ -385,14 +385,16 @@ def _photos(lfw: Path, person: str, count: int) -> list[Path]:
 def test_plain_text_output_survives_undecodable_file_names(tmp_path: Path, manifest: object, lfw: Path) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
-    odd = os.fsdecode(b"caf\xe9.jpg")
-    (folder / odd).write_bytes(_photos(lfw, "Pervez_Musharraf", 1)[0].read_bytes())
-    (folder / "z.jpg").write_bytes(b"broken")
+    face = _photos(lfw, "Pervez_Musharraf", 1)[0].read_bytes()
+    (folder / os.fsdecode(b"caf\xe9.jpg")).write_bytes(face)
+    (folder / "new\nline.jpg").write_bytes(face)
+    (folder / "z\x1e.jpg").write_bytes(b"broken")
     done = _script("detect", folder, env={"PYTHONIOENCODING": "utf-8"})  # strict, as under LC_ALL=en_GB.UTF-8
     assert done.returncode == 1
-    assert done.stdout.decode().splitlines()[0] == "caf\\xe9.jpg: 1 face"  # the run went on to z.jpg
+    names = [line for line in done.stdout.decode().splitlines() if not line.startswith(" ")]
+    assert names == ["caf\\xe9.jpg: 1 face", "new\\nline.jpg: 1 face"]  # the run went on past each
     [line] = _errors(done.stderr)
-    assert line.startswith("edgeface: ") and "z.jpg: not a readable image" in line
+    assert line.startswith("edgeface: ") and "z\\x1e.jpg: not a readable image" in line
 
 
 def test_empty_folder_is_an_error(tmp_path: Path, manifest: object) -> None:
