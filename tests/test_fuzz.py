@@ -73,8 +73,10 @@ def test_truncated_and_flipped_images(kind: str, data: st.DataObject) -> None:
     _decodes_or_refuses(bytes(content), max_pixels=data.draw(st.sampled_from([1_000_000, 300])))
 
 
-def _gallery_bytes(tmp_path: Path) -> bytes:
-    path = tmp_path / "seed.db"
+@pytest.fixture(scope="module")
+def gallery_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A small gallery as one file's bytes (made once: the fuzzing rewrites copies of it)."""
+    path = tmp_path_factory.mktemp("seed") / "seed.db"
     with Gallery(path, MODEL, DIM) as gallery:
         gallery.add("Alice", np.eye(DIM)[:2], ["a.jpg", "b.jpg"])
     with sqlite3.connect(path) as raw:  # one file, no WAL beside it
@@ -84,9 +86,10 @@ def _gallery_bytes(tmp_path: Path) -> bytes:
 
 @FUZZ
 @given(st.data())
-def test_damaged_gallery_files(tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+def test_damaged_gallery_files(tmp_path_factory: pytest.TempPathFactory, gallery_bytes: bytes,
+                               data: st.DataObject) -> None:
     folder = tmp_path_factory.mktemp("gallery")
-    content = bytearray(_gallery_bytes(folder))
+    content = bytearray(gallery_bytes)
     for _ in range(data.draw(st.integers(1, 12), label="writes")):
         at = data.draw(st.integers(0, len(content) - 1))
         content[at:at + 4] = data.draw(st.binary(min_size=1, max_size=4))
@@ -137,3 +140,20 @@ def test_cli_values(tmp_path_factory: pytest.TempPathFactory, command: str, opti
     assert code in (0, 1, 2)
     lines = err.getvalue().splitlines()
     assert all(line.startswith("edgeface: ") for line in lines if not line.startswith("INFO: ")), lines
+
+
+@pytest.fixture(scope="module")
+def analyzers(manifest: object) -> dict[str, object]:
+    from edgeface.analyzer import FaceAnalyzer
+
+    return {name: FaceAnalyzer("x86", detector=name) for name in ("retinaface", "mtcnn")}
+
+
+@settings(FUZZ, max_examples=20)
+@given(st.sampled_from(["retinaface", "mtcnn"]), st.integers(1, 3000), st.integers(1, 40), st.booleans())
+def test_any_array_shape_through_the_models(analyzers: dict, detector: str, long: int, short: int,
+                                            tall: bool) -> None:
+    shape = (long, short, 3) if tall else (short, long, 3)
+    pixels = np.random.default_rng(long * short).integers(0, 256, shape, dtype=np.uint8)
+    for face in analyzers[detector].embed(pixels):
+        assert face.embedding.shape == (192,) and np.isfinite(face.embedding).all()
