@@ -10,7 +10,6 @@ import contextlib
 import io
 import sqlite3
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
