@@ -240,6 +240,20 @@ def test_full_disk(db: Path) -> None:
         assert gallery.people() == [("Alice", 2)]  # nothing half-written
 
 
+def test_commit_that_fails_rolls_back(db: Path) -> None:
+    with Gallery(db, MODEL, DIM) as gallery:
+        def refuse_commit(action: int, arg1: str | None, *_: object) -> int:
+            commit = action == sqlite3.SQLITE_TRANSACTION and arg1 == "COMMIT"
+            return sqlite3.SQLITE_DENY if commit else sqlite3.SQLITE_OK
+
+        gallery._db.set_authorizer(refuse_commit)  # as a full disk fails the COMMIT that writes the WAL
+        with pytest.raises(GalleryError, match=f"{db}: cannot enroll 'Bob' \\(not authorized\\)"):
+            gallery.add("Bob", _unit(1))
+        gallery._db.set_authorizer(None)
+        assert not gallery._db.in_transaction and gallery.people() == [("Alice", 2)]
+        assert gallery.add("Bob", _unit(1)) == 1  # the connection is still usable
+
+
 def test_lock_held_past_the_timeout(db: Path) -> None:
     with Gallery(db, MODEL, DIM, timeout=0.05) as gallery, sqlite3.connect(db, isolation_level=None) as other:
         other.execute("BEGIN IMMEDIATE")
