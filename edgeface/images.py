@@ -92,7 +92,7 @@ def _read(source: Path | io.BytesIO, where: str, max_pixels: int) -> np.ndarray:
 def _decoded(image: Image.Image, where: str, max_pixels: int, upright: bool) -> np.ndarray:
     """The RGB pixels of an opened image, at most `max_pixels` (JPEGs drafted to a smaller scale to fit)."""
     width, height = image.size
-    if width * height > max_pixels and image.format == "JPEG":
+    if width * height > max_pixels and image.format in ("JPEG", "MPO"):  # MPO: a camera JPEG with a preview
         for divisor in (2, 4, 8):
             if -(-width // divisor) * -(-height // divisor) <= max_pixels:
                 image.draft(None, (width // divisor, height // divisor))

@@ -139,6 +139,11 @@ def test_huge_jpeg_is_decoded_reduced_and_other_huge_images_refused(tmp_path: Pa
     assert load_image(big, max_pixels=30_000).shape == (150, 200, 3)  # ... at 1/8
     with pytest.raises(ImageError, match=r"1600x1200 is too large \(limit 20000 pixels"):
         load_image(big, max_pixels=20_000)  # even 1/8 is over
+    mpo = tmp_path / "camera.jpg"  # what many cameras write: a JPEG with a second picture after it (MPO)
+    Image.new("RGB", (1600, 1200)).save(mpo, "MPO", save_all=True, append_images=[Image.new("RGB", (160, 120))])
+    with Image.open(mpo) as opened:
+        assert opened.format == "MPO"
+    assert load_image(mpo, max_pixels=1_000_000).shape == (600, 800, 3)
     png = tmp_path / "big.png"
     Image.new("RGB", (1600, 1200)).save(png)
     with pytest.raises(ImageError, match="too large"):
