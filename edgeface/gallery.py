@@ -109,17 +109,18 @@ class Gallery:
         if meta.get("embedding_dim") != str(self.dim):
             raise GalleryError(f"{self.path}: holds {meta.get('embedding_dim')}-d embeddings, "
                                f"the model gives {self.dim}-d")
-        if int(version) < SCHEMA_VERSION:
-            self._migrate()
-
-    def _migrate(self) -> None:
-        """Bring an older gallery to SCHEMA_VERSION in one transaction: add each column of _ADDED_COLUMNS it lacks."""
-        with self._transaction("upgrade the gallery"):
-            for table, column, declaration in _ADDED_COLUMNS:
-                present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-                if column not in present:
+        if int(version) < SCHEMA_VERSION or self._missing_columns():
+            with self._transaction("upgrade the gallery"):  # one transaction: all the columns, then the version
+                for table, column, declaration in self._missing_columns():
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-            self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+                self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+
+    def _missing_columns(self) -> list[tuple[str, str, str]]:
+        """The entries of _ADDED_COLUMNS this gallery lacks (checked whatever its version says)."""
+        present: dict[str, set[str]] = {}
+        for table, _, _ in _ADDED_COLUMNS:
+            present.setdefault(table, {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")})
+        return [entry for entry in _ADDED_COLUMNS if entry[1] not in present[entry[0]]]
 
     @contextmanager
     def _sqlite(self, action: str) -> Iterator[None]:

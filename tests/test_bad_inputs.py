@@ -361,6 +361,17 @@ def test_schema_1_gallery_is_upgraded_in_place(tmp_path: Path) -> None:
         assert [row[1] for row in raw.execute("PRAGMA table_info(embeddings)")][-1] == "content_sha256"
 
 
+def test_a_current_version_lacking_a_column_gets_it(tmp_path: Path) -> None:
+    """Two branches each adding columns as schema 2 merge as the union: a gallery is checked column by column."""
+    path = tmp_path / "other-branch.db"
+    with sqlite3.connect(path) as raw:
+        raw.executescript(SCHEMA_1)
+        raw.executemany("INSERT INTO meta VALUES (?, ?)", [("schema_version", str(SCHEMA_VERSION)),
+                        ("embedding_model_sha256", MODEL), ("embedding_dim", str(DIM))])
+    with Gallery(path, MODEL, DIM) as gallery:
+        assert gallery.add("Eve", _unit(1), None, ["e1"]) == 1 and gallery.has("Eve", "e1")
+
+
 def test_new_gallery_is_created_at_the_current_schema(tmp_path: Path) -> None:
     Gallery(tmp_path / "new.db", MODEL, DIM).close()
     with sqlite3.connect(tmp_path / "new.db") as raw:
