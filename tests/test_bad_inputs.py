@@ -268,11 +268,13 @@ def test_lock_held_past_the_timeout(db: Path) -> None:
 
 
 def test_dropped_table(db: Path) -> None:
-    with sqlite3.connect(db) as raw:
-        raw.execute("DROP TABLE embeddings")
     with Gallery(db, MODEL, DIM) as gallery:
+        with sqlite3.connect(db) as raw:
+            raw.execute("DROP TABLE embeddings")  # while the gallery is open
         with pytest.raises(GalleryError, match=f"{db}: cannot read the gallery \\(no such table: embeddings\\)"):
             gallery.identify(_unit(1), 0.5)
+    with pytest.raises(GalleryError, match=f"{db}: cannot upgrade the gallery \\(no such table: embeddings\\)"):
+        Gallery(db, MODEL, DIM)  # and when it is opened again
 
 
 def test_damaged_vector_is_skipped_not_fatal(db: Path) -> None:
