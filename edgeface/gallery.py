@@ -120,6 +120,8 @@ class Gallery:
         present: dict[str, set[str]] = {}
         for table, _, _ in _ADDED_COLUMNS:
             present.setdefault(table, {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")})
+            if not present[table]:
+                raise GalleryError(f"{self.path}: a damaged gallery (its {table} table is missing)")
         return [entry for entry in _ADDED_COLUMNS if entry[1] not in present[entry[0]]]
 
     @contextmanager

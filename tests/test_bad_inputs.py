@@ -273,7 +273,7 @@ def test_dropped_table(db: Path) -> None:
             raw.execute("DROP TABLE embeddings")  # while the gallery is open
         with pytest.raises(GalleryError, match=f"{db}: cannot read the gallery \\(no such table: embeddings\\)"):
             gallery.identify(_unit(1), 0.5)
-    with pytest.raises(GalleryError, match=f"{db}: cannot upgrade the gallery \\(no such table: embeddings\\)"):
+    with pytest.raises(GalleryError, match=f"{db}: a damaged gallery \\(its embeddings table is missing\\)"):
         Gallery(db, MODEL, DIM)  # and when it is opened again
 
 
