@@ -19,7 +19,7 @@ import numpy as np
 from edgeface import __version__
 from edgeface.analyzer import Face, FaceAnalyzer, FaceChoice
 from edgeface.draw import annotate
-from edgeface.errors import EdgefaceError, GalleryError, ImageError
+from edgeface.errors import EdgefaceError, GalleryError, ImageError, ProfileError
 from edgeface.gallery import UNKNOWN, Gallery
 from edgeface.images import Input, iter_inputs
 from edgeface.manifest import load_manifest
@@ -278,12 +278,18 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_profiles(args: argparse.Namespace) -> int:
-    """List the hardware profiles."""
+    """List the hardware profiles; one that does not load is reported and the list goes on (exit 1)."""
+    failed = False
     for name in available_profiles():
-        profile = load_profile(name)
+        try:
+            profile = load_profile(name)
+        except ProfileError as error:
+            failed = True
+            say(error)
+            continue
         det = profile.detector
         print(f"{name:16s} {det.name} {det.input_size}  {profile.runtime.delegate:8s} {profile.description}")
-    return 0
+    return 1 if failed else 0
 
 
 def cmd_doorlock(args: argparse.Namespace) -> int:

@@ -188,6 +188,18 @@ def test_cli_overrides_are_validated(capsys: pytest.CaptureFixture[str], tmp_pat
     assert line.startswith("edgeface: error: ") and "input_size" in line
 
 
+def test_profiles_lists_past_a_broken_profile(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a-broken.toml").write_text("garbage = [\n")
+    (tmp_path / "x86.toml").write_text(load_profile("x86").path.read_text())
+    monkeypatch.setenv("EDGEFACE_PROFILES", str(tmp_path))
+    code = main(["profiles"])
+    out, err = capsys.readouterr()
+    assert code == 1 and out.startswith("x86 ")
+    [line] = err.splitlines()
+    assert line.startswith("edgeface: ") and "a-broken.toml: invalid TOML" in line
+
+
 def test_face_option_takes_largest_in_any_case_or_an_index(capsys: pytest.CaptureFixture[str]) -> None:
     err = _usage_error(capsys, "enroll", "a.jpg", "--gallery", "g.db", "--face", "x")
     assert "--face" in err and "'x'" in err
