@@ -166,13 +166,10 @@ class FaceAnalyzer:
                 raise ModelError(f"RetinaFace input size {self.input_size}: no such model; built sizes are "
                                  f"{', '.join(map(str, built)) or 'none'} (run 'make models')")
             return RetinaFace(self._model(self.manifest.get(key, self.precision)))
-        if self.detector_name == "mtcnn":
-            cfg = self.profile.mtcnn
-            settings = CascadeSettings(self.input_size, cfg.min_face, cfg.factor, cfg.max_levels,
-                                       tuple(cfg.thresholds))
-            nets = [self._model(self.manifest.get(name, self.precision)) for name in ("pnet", "rnet", "onet")]
-            return Mtcnn(*nets, settings)
-        raise ModelError(f"unknown detector '{self.detector_name}' (choose retinaface or mtcnn)")
+        cfg = self.profile.mtcnn  # the profile allows no third detector
+        settings = CascadeSettings(self.input_size, cfg.min_face, cfg.factor, cfg.max_levels, tuple(cfg.thresholds))
+        nets = [self._model(self.manifest.get(name, self.precision)) for name in ("pnet", "rnet", "onet")]
+        return Mtcnn(*nets, settings)
 
     @cached_property
     def embedder(self) -> Embedder:
