@@ -313,11 +313,11 @@ def test_missing_models(tmp_path: Path, any_image: Path) -> None:
 
 
 @pytest.mark.parametrize("command", [["identify", "IMAGE"], ["gallery", "list"]])
-def test_gallery_from_another_model(manifest: Manifest, tmp_path: Path, face_photo: Path,
+def test_gallery_from_another_model(manifest: Manifest, tmp_path: Path, any_image: Path,
                                     command: list[str]) -> None:
     db = tmp_path / "old.db"
     Gallery(db, "0" * 64, 192).close()
-    args = [str(face_photo) if arg == "IMAGE" else arg for arg in command]
+    args = [str(any_image) if arg == "IMAGE" else arg for arg in command]
     code, out, err = run_script(*args, "--gallery", db)
     assert code != 0 and out == ""
     assert len(err) == 1 and "old.db" in err[0] and "another model" in err[0]
@@ -325,8 +325,8 @@ def test_gallery_from_another_model(manifest: Manifest, tmp_path: Path, face_pho
 
 @pytest.mark.parametrize("command", [["gallery", "list"], ["gallery", "remove", "Bob"], ["identify", "IMAGE"]])
 def test_gallery_commands_need_an_existing_gallery(capsys: pytest.CaptureFixture[str], manifest: Manifest,
-                                                   tmp_path: Path, face_photo: Path, command: list[str]) -> None:
-    args = [face_photo if arg == "IMAGE" else arg for arg in command]
+                                                   tmp_path: Path, any_image: Path, command: list[str]) -> None:
+    args = [any_image if arg == "IMAGE" else arg for arg in command]
     code, out, err = run(capsys, *args, "--gallery", tmp_path / "typo.db")
     assert code == 2 and out == [] and len(err) == 1 and "typo.db" in err[0]
     assert not (tmp_path / "typo.db").exists()  # not silently created (and every face called unknown)
