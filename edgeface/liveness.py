@@ -8,7 +8,8 @@ Two features, combined by a logistic regression whose weights are data (`WEIGHTS
 - `log_sharpness`: log variance of the 4-neighbour Laplacian of the face box in grey at 128x128. A print
   re-captured by a webcam loses fine detail; so does a live face that is out of focus or moving, which is
   why this is a feature and not a gate.
-The score is P(live) from the regression, higher = more likely live; each precision's threshold was set to
+The score is P(live) = sigmoid(z), higher = more likely live; a track's frames are combined by averaging z
+(`Liveness.logit`) against `Liveness.threshold_logit`; each precision's threshold was set to
 reject 2% of the live faces it was fitted on (NUAA dev, 5 people). Leave-one-subject-out on NUAA dev (float /
 int8): AUC 0.996 / 0.993, BPCER 4.2% / 3.0%, APCER 4.1% / 5.9%. Printed photos only: sharpness says nothing
 about screen replays or high-resolution prints held close, and 5 people under one webcam is a small sample.
@@ -29,6 +30,12 @@ SHARPNESS_SIDE = 128
 GREY = np.array([0.299, 0.587, 0.114], np.float32)
 
 
+def logit_of(probability: float) -> float:
+    """log(p / (1 - p)): a threshold on P(live) as a threshold on z (-inf / inf at 0 / 1)."""
+    with np.errstate(divide="ignore"):
+        return float(np.log(probability) - np.log1p(-probability))
+
+
 @dataclass(frozen=True)
 class LivenessWeights:
     """A logistic regression on standardised features: P(live) = sigmoid(coef . (x - mean) / std + bias)."""
@@ -41,11 +48,13 @@ class LivenessWeights:
     threshold: float  # on P(live)
     fitted_on: str
 
-    def probability(self, values: dict[str, float]) -> float:
-        """P(live) for one face's features."""
-        x = np.array([values[name] for name in self.features], np.float64)
-        z = float(np.dot(self.coef, (x - np.array(self.mean)) / np.array(self.std)) + self.bias)
-        return float(sigmoid(z))
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """z = log(P(live) / (1 - P(live))) for rows of feature values in the order of `features`."""
+        return (np.asarray(x, np.float64) - np.array(self.mean)) / np.array(self.std) @ np.array(self.coef) + self.bias
+
+    def logit(self, values: dict[str, float]) -> float:
+        """z for one face's features."""
+        return float(self.logits(np.array([[values[name] for name in self.features]]))[0])
 
 
 # Fitted per precision (int8 shifts the leaf logits down by ~0.15, so float weights would misplace the threshold)
@@ -114,9 +123,18 @@ class Liveness:
         return {"leaf_mean": float(np.mean(self.leaf_logits(image, box))),
                 "log_sharpness": log_sharpness(image, box)}
 
+    def logit(self, image: np.ndarray, box: tuple[float, float, float, float] | np.ndarray) -> float:
+        """z = log(P(live) / (1 - P(live))) for one face: the door lock averages it over a track's frames."""
+        return self.weights.logit(self.features(image, box))
+
     def score(self, image: np.ndarray, box: tuple[float, float, float, float] | np.ndarray) -> float:
-        """P(live) for one face."""
-        return self.weights.probability(self.features(image, box))
+        """P(live) for one face: sigmoid(`logit`)."""
+        return float(sigmoid(self.logit(image, box)))
+
+    @property
+    def threshold_logit(self) -> float:
+        """The threshold as a logit: a mean of `logit`s at or above it is live."""
+        return logit_of(self.threshold)
 
     def is_live(self, score: float) -> bool:
         """The decision at this scorer's threshold."""

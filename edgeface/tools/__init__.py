@@ -1,0 +1,1 @@
+"""Workstation tools (fitting, evaluation): the device path never imports them."""
