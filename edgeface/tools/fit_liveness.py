@@ -134,8 +134,10 @@ def leave_one_person_out(x: np.ndarray, samples: Sequence[Sample], names: Sequen
     return results
 
 
-def extract(folder: Path, samples: Sequence[Sample], precisions: Sequence[str]) -> dict[str, tuple[list[str], np.ndarray]]:
-    """Per precision: (feature names, one row of `Liveness.features` per sample) on the float RetinaFace's largest face."""
+def extract(folder: Path, samples: Sequence[Sample],
+            precisions: Sequence[str]) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Per precision: (feature names, a row of `Liveness.features` per sample), on the float RetinaFace's largest
+    face of each frame."""
     from edgeface.analyzer import FaceAnalyzer
     from edgeface.images import load_image
     from edgeface.liveness import Liveness
@@ -181,9 +183,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from edgeface.datasets import data_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=None, help="the nuaa_dev folder (default: ../shared/data/nuaa_dev)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the nuaa_dev folder (default: nuaa_dev in ../shared/data or $EDGEFACE_DATA)")
     args = parser.parse_args(argv)
-    folder = args.data or (data_dir() or Path("../shared/data")) / "nuaa_dev"
+    root = data_dir()
+    if args.data is None and root is None:
+        parser.error("labelled photos not found: pass --data or set EDGEFACE_DATA")
+    folder = args.data or root / "nuaa_dev"
     samples = read_samples(folder)
     live = np.array([s.live for s in samples])
     fitted_on = (f"nuaa_dev, {len({s.subject for s in samples})} subjects, {int(live.sum())} live / "
