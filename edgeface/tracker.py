@@ -193,7 +193,7 @@ class FaceStream:
     """Detect, track, embed better views and (optionally) score liveness over a stream of RGB frames.
 
     `liveness_frames` > 0 scores each confirmed track's liveness on that many of its frames (then stops: the
-    evidence is in), as logits log(p / (1 - p)) of the analyzer's liveness scorer.
+    evidence is in), as the liveness scorer's logits.
     """
 
     def __init__(self, analyzer: FaceAnalyzer, config: TrackerConfig = TrackerConfig(),
@@ -215,8 +215,7 @@ class FaceStream:
             if not track.views or quality > track.best_quality * cfg.better_view:
                 wanted.append((track, quality))
             if len(track.liveness_logits) < self.liveness_frames:
-                p = min(max(self.analyzer.liveness_scorer.score(frame, track.face.box), 1e-6), 1 - 1e-6)
-                track.liveness_logits.append(math.log(p / (1 - p)))
+                track.liveness_logits.append(self.analyzer.liveness_scorer.logit(frame, track.face.box))
         if wanted:
             embedded = self.analyzer.embed_faces(frame, [track.face for track, _ in wanted])
             for (track, quality), face in zip(wanted, embedded):

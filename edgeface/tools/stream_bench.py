@@ -114,10 +114,11 @@ def nuaa_visits(root: Path, label: str = "live") -> Iterator[tuple[str, list[Pat
         yield subject, sorted(paths, key=lambda p: tuple(int(part) for part in p.stem.split("_")[2:]))
 
 
-def stream_bench(profile: Profile, root: Path, gallery_path: Path) -> dict[str, object]:
-    """Both loops over every person's visit, the tracked one first then the per-frame one, person by person."""
+def stream_bench(profile: Profile, root: Path, gallery_path: Path, people: int | None = None) -> dict[str, Any]:
+    """Both loops over every person's visit (or the first `people`), the tracked one first then the per-frame one,
+    person by person."""
     analyzer = FaceAnalyzer(profile)
-    visits = list(nuaa_visits(root))
+    visits = list(nuaa_visits(root))[:people]
     with analyzer.open_gallery(gallery_path) as gallery:
         for person, paths in visits:
             for path in paths[:ENROLL]:
