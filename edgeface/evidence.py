@@ -105,6 +105,11 @@ class AcceptRules:
         name = max(totals, key=totals.__getitem__)
         return name, totals[name] / len(track.views)
 
+    def candidate(self, track: Track, gallery: Gallery) -> bool:
+        """Whether the track matches someone enrolled at the floor at least (only then is its liveness worth
+        scoring: nobody else can open the door)."""
+        return self.identity(track, gallery)[1] >= self.floor
+
     def liveness(self, track: Track) -> float | None:
         """P(live) of the mean logit over the first `min_frames` scored frames (None before there are that many)."""
         if len(track.liveness_logits) < self.min_frames:
