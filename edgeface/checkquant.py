@@ -125,7 +125,8 @@ def wider_predictions(found: dict[str, list[Face]]) -> dict[str, np.ndarray]:
 
 
 def detection(data: Path, profile: Profile, subsets: Subsets, results: Results) -> list[dict[str, Any]]:
-    """WIDER FACE val AP per setting, float vs int8, for each detector stage."""
+    """WIDER FACE val AP per setting, float vs int8, for each detector stage, over all images and per event (the
+    int8 choices must hold on an event they were not tuned on)."""
     root = data / "wider_val_dev"
     truth = load_ground_truth(root / "ground_truth")
     photos = {image_key(path.relative_to(root / "images").as_posix()): path
@@ -134,12 +135,18 @@ def detection(data: Path, profile: Profile, subsets: Subsets, results: Results) 
     found = _detect_all(photos, _stage_analyzers(profile, stages, AP_SCORE_THRESHOLD))
     rows = []
     for detector, size in stages:
-        stage, ap = model_key(detector, size), {}
+        stage, ap, events = model_key(detector, size), {}, {}
         for p in PRECISIONS:
-            results.pr[f"{stage} {p}"] = curves = evaluate(wider_predictions(found[stage, p]), truth)
+            predictions = wider_predictions(found[stage, p])
+            results.pr[f"{stage} {p}"] = curves = evaluate(predictions, truth)
             ap[p] = {setting: curves[setting].ap for setting in SETTINGS}
+            for event in sorted({key.split("/")[0] for key in predictions}):
+                part = evaluate({k: v for k, v in predictions.items() if k.startswith(f"{event}/")}, truth)
+                events.setdefault(event, {})[p] = {setting: part[setting].ap for setting in SETTINGS}
+        for event, by_precision in events.items():
+            by_precision["drop"] = {s: by_precision["float"][s] - by_precision["int8"][s] for s in SETTINGS}
         rows.append({"model": stage, "detector": detector, "input_size": size, "images": len(photos), "ap": ap,
-                     "drop": {s: ap["float"][s] - ap["int8"][s] for s in SETTINGS}})
+                     "drop": {s: ap["float"][s] - ap["int8"][s] for s in SETTINGS}, "events": events})
     return rows
 
 

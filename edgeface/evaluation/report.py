@@ -52,6 +52,10 @@ def markdown(report: dict[str, Any], images: dict[str, str]) -> str:
         f"## Detection: WIDER FACE val AP, float → int8 ({report['detection'][0]['images']} images, score ≥ 0.02)",
         _table(["model", *SETTINGS], [[row["model"], *(_shift(row["ap"]["float"][s], row["ap"]["int8"][s])
                                                       for s in SETTINGS)] for row in report["detection"]]),
+        "Per event (each int8 choice must hold on the event it was not chosen on): AP drop float → int8",
+        _table(["model", "event", *SETTINGS], [[row["model"], event, *(_number(drops["drop"][s], 4) for s in SETTINGS)]
+                                               for row in report["detection"]
+                                               for event, drops in row.get("events", {}).items()]),
         " ".join(f"![{s}]({images[f'pr_{s}']})" for s in SETTINGS),
         "## Landmarks: NME over the inter-ocular distance, dlib 68-point faces (5 points derived), float → int8",
         _table(["model", "faces", "found float / int8", "mean NME (faces both find)", "median NME"],
