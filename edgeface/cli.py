@@ -10,10 +10,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 
+from edgeface.access import AccessRules, parse_day, parse_schedule
 from edgeface.analyzer import Face, FaceAnalyzer
 from edgeface.draw import annotate
 from edgeface.errors import EdgefaceError, GalleryError, ImageError
@@ -140,10 +142,23 @@ def _choose_face(faces: list[Face], choice: str | None) -> Face:
     return faces[index]
 
 
+def _rules(args: argparse.Namespace, current: AccessRules) -> AccessRules:
+    """`current` with the --valid-from, --valid-until and --schedule given ('none' clears one)."""
+    def day(value: str | None, option: str, old: date | None) -> date | None:
+        if value is None:
+            return old
+        return None if value.strip().lower() == "none" else parse_day(value, option)
+
+    schedule = current.schedule if args.schedule is None else parse_schedule(args.schedule)
+    return AccessRules(day(args.valid_from, "--valid-from", current.valid_from),
+                       day(args.valid_until, "--valid-until", current.valid_until), schedule)
+
+
 def cmd_enroll(args: argparse.Namespace) -> int:
-    """Enroll photos into a gallery, one transaction per photo."""
+    """Enroll photos into a gallery, one transaction per photo; access rules given apply to each person enrolled."""
     analyzer = _analyzer(args)
     enrolled, problems = 0, 0
+    rules = _rules(args, AccessRules())
     with analyzer.open_gallery(args.gallery) as gallery:
         for given in args.paths:
             inputs = list(iter_inputs([given]))
@@ -153,6 +168,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
                     face = _choose_face(analyzer.embed(load_image(path)), args.face)
                     person = args.name or _person_name(name, path, Path(given).is_dir())
                     gallery.add(person, face.embedding[None], [str(path)])
+                    if rules != AccessRules():
+                        gallery.set_rules(person, rules)
                     enrolled += 1
                 except ImageError as error:
                     problems += 1
@@ -222,15 +239,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
-    """List the enrolled people, or remove one."""
+    """List the enrolled people (name, embeddings, access rules), remove one, or set one's access rules."""
     analyzer = _analyzer(args)
     with analyzer.open_gallery(_existing_gallery(args.gallery)) as gallery:
         if args.action == "remove":
             removed = gallery.remove(args.name)
             print(f"removed {args.name} ({removed} embedding(s))")
+        elif args.action == "set":
+            current = gallery.rules(args.name)
+            if current is None:
+                raise GalleryError(f"{args.gallery}: nobody named {args.name!r} is enrolled")
+            rules = _rules(args, current)
+            gallery.set_rules(args.name, rules)
+            print(f"{args.name}: {rules.describe()}")
         else:
-            for name, count in gallery.people():
-                print(f"{name}\t{count}")
+            for person in gallery.export():
+                print(f"{person.name}\t{len(person.embeddings)}\t{person.rules.describe()}")
     return 0
 
 
@@ -311,6 +335,14 @@ def _face_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per image per line")
 
 
+def _rule_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--valid-from", metavar="DATE", help="first day the person may enter (YYYY-MM-DD, or none)")
+    parser.add_argument("--valid-until", metavar="DATE", help="last day the person may enter (inclusive, or none)")
+    parser.add_argument("--schedule", metavar="SPEC",
+                        help="weekly windows in the door's local time, e.g. 'mon-fri 07:00-19:00, sat 09:00-13:00' "
+                             "(or none)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="edgeface", description="Offline face detection and recognition.")
@@ -331,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("--gallery", required=True, type=Path, metavar="DB")
     enroll.add_argument("--name", help="enroll every photo given as this person")
     enroll.add_argument("--face", metavar="largest|INDEX", help="which face to take from a photo with several")
+    _rule_options(enroll)
     _face_options(enroll)
     enroll.set_defaults(handler=cmd_enroll)
     verify = sub.add_parser("verify", help="are two photos the same person?")
@@ -343,9 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="annotated copies (default: %(default)s)")
     _face_options(demo)
     demo.set_defaults(handler=cmd_demo)
-    gallery = sub.add_parser("gallery", help="list or remove enrolled people")
-    gallery.add_argument("action", choices=("list", "remove"))
-    gallery.add_argument("name", nargs="?", help="person to remove")
+    gallery = sub.add_parser("gallery", help="list or remove enrolled people, or set their access rules")
+    gallery.add_argument("action", choices=("list", "remove", "set"))
+    gallery.add_argument("name", nargs="?", help="person to remove or set")
+    _rule_options(gallery)
     gallery.add_argument("--gallery", required=True, type=Path, metavar="DB")
     _face_options(gallery)
     gallery.set_defaults(handler=cmd_gallery)
@@ -393,8 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `edgeface` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "gallery" and args.action == "remove" and not args.name:
-        parser.error("gallery remove needs a NAME")
+    if args.command == "gallery" and args.action in ("remove", "set") and not args.name:
+        parser.error(f"gallery {args.action} needs a NAME")
     try:
         return args.handler(args)
     except EdgefaceError as error:
