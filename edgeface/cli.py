@@ -283,8 +283,43 @@ def cmd_doorlock(args: argparse.Namespace) -> int:
     """Run the door lock until its source ends or SIGTERM/SIGINT; the relay always ends locked."""
     from edgeface.doorlock import run
 
+    fleet = None
+    if args.fleet:
+        if not args.door or not args.trust:
+            raise EdgefaceError("--fleet needs --door NAME and --trust PUBKEY")
+        from edgeface.fleet import Broker, LinkConfig
+
+        fleet = LinkConfig(Broker.parse(args.fleet), args.door, args.trust, args.site)
     return run(load_profile(args.profile), args.gallery, args.source, relay_pin=args.relay_pin,
-               audit_log=args.audit_log, dry_run=args.dry_run)
+               audit_log=args.audit_log, dry_run=args.dry_run, fleet=fleet)
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    """keygen / publish / status: the fleet's signing key, a signed gallery bundle, every door's report."""
+    from edgeface import fleet
+
+    if args.action == "keygen":
+        private, public = fleet.keygen(args.out)
+        print(f"wrote {private} (keep it secret, mode 0600) and {public} (copy it to every door)")
+        return 0
+    broker = fleet.Broker.parse(args.broker)
+    if args.action == "publish":
+        version, people, size = fleet.publish(args.gallery, args.key, broker, args.site, args.allow_empty)
+        print(f"published version {version}: {people} people, {size} bytes, retained on "
+              f"{fleet.gallery_topic(args.site)} at {broker.url()}")
+        return 0
+    doors = fleet.status(broker, args.site, args.wait)
+    if args.json:
+        print(json.dumps(doors, indent=1))
+        return 0
+    print(f"site {args.site}: published version {doors.pop('', {}).get('version', 'none')}")
+    for door, seen in sorted(doors.items()):
+        report = seen.get("gallery", {})
+        event = (seen.get("state") or {}).get("last_event") or {}
+        last = " ".join(str(event[k]) for k in ("time", "decision", "identity") if event.get(k)) or "none"
+        print(f"{door:16s} {seen.get('availability', '?'):8s} gallery {report.get('version')} "
+              f"({report.get('status', '?')}{': ' + report['error'] if report.get('error') else ''})  last event {last}")
+    return 0
 
 
 def cmd_check_edgetpu(args: argparse.Namespace) -> int:
@@ -397,7 +432,27 @@ def build_parser() -> argparse.ArgumentParser:
                           help="BCM GPIO of the relay (default: the profile's)")
     doorlock.add_argument("--audit-log", type=Path, metavar="FILE", help="JSON lines, rotated (default: stdout)")
     doorlock.add_argument("--dry-run", action="store_true", help="report the relay instead of driving it")
+    doorlock.add_argument("--fleet", metavar="mqtt://HOST[:PORT]", help="apply signed galleries and send events")
+    doorlock.add_argument("--site", default="home", help="fleet site (default: %(default)s)")
+    doorlock.add_argument("--door", help="this door's name in the fleet")
+    doorlock.add_argument("--trust", type=Path, metavar="PUBKEY", help="the fleet's public key (fleet.pub)")
     doorlock.set_defaults(handler=cmd_doorlock)
+    fleet = sub.add_parser("fleet", help="many doors over MQTT: keygen, publish a signed gallery, door status")
+    fleet_sub = fleet.add_subparsers(dest="action", required=True)
+    keygen = fleet_sub.add_parser("keygen", help="write DIR/fleet.key and DIR/fleet.pub (Ed25519)")
+    keygen.add_argument("--out", required=True, type=Path, metavar="DIR")
+    publish = fleet_sub.add_parser("publish", help="sign the whole gallery and publish it, retained, to the site")
+    publish.add_argument("--gallery", required=True, type=Path, metavar="DB")
+    publish.add_argument("--key", required=True, type=Path, metavar="KEY", help="fleet.key")
+    publish.add_argument("--allow-empty", action="store_true", help="publish an empty gallery (removes everyone)")
+    fleet_status = fleet_sub.add_parser("status", help="every door's availability, gallery version, last event")
+    fleet_status.add_argument("--wait", type=float, default=1.5, metavar="S",
+                              help="seconds to read the retained topics (default: %(default)s)")
+    fleet_status.add_argument("--json", action="store_true")
+    for command in (publish, fleet_status):
+        command.add_argument("--broker", required=True, metavar="mqtt://HOST[:PORT]")
+        command.add_argument("--site", default="home", help="fleet site (default: %(default)s)")
+    fleet.set_defaults(handler=cmd_fleet)
     check_edgetpu = sub.add_parser("check-edgetpu", help="can a .tflite map to the Edge TPU? (static check)")
     check_edgetpu.add_argument("models", nargs="+", type=Path, metavar="MODEL")
     check_edgetpu.set_defaults(handler=cmd_check_edgetpu)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from edgeface.camera import open_source
 from edgeface.errors import GalleryError, RelayError
 from edgeface.gallery import UNKNOWN, Gallery
 from edgeface.profiles import DoorlockConfig, Profile
+
+if TYPE_CHECKING:
+    from edgeface.fleet import LinkConfig
 
 AUDIT_MAX_BYTES = 1_000_000
 AUDIT_BACKUPS = 5
@@ -236,12 +239,20 @@ class DoorLock:
 
 
 def run(profile: Profile, gallery: Path, source: str, *, relay_pin: int | None = None,
-        audit_log: Path | None = None, dry_run: bool = False) -> int:
-    """The `edgeface doorlock` command: run the lock on `source` until it ends or a signal stops it."""
+        audit_log: Path | None = None, dry_run: bool = False, fleet: LinkConfig | None = None) -> int:
+    """The `edgeface doorlock` command: run the lock on `source` until it ends or a signal stops it; with `fleet`,
+    also apply the fleet's signed galleries and publish every audit line (edgeface.fleet)."""
     config = profile.doorlock
     pin = config.relay_pin if relay_pin is None else relay_pin
-    relay = DryRunRelay(pin) if dry_run else gpio_relay(pin, config.relay_active_high)
+    relay: Relay = DryRunRelay(pin) if dry_run else gpio_relay(pin, config.relay_active_high)
     audit = audit_logger(audit_log)
+    link = None
+    if fleet is not None:  # the fleet's hooks: a gallery to fill, the link, a relay Home Assistant can see
+        from edgeface.fleet import ReportingRelay, start_door_link
+
+        FaceAnalyzer(profile).open_gallery(gallery).close()
+        link = start_door_link(fleet, gallery, audit)
+        relay = ReportingRelay(relay, link)
 
     @contextmanager
     def session() -> Iterator[tuple[Iterable[np.ndarray], Recognizer]]:
@@ -255,5 +266,7 @@ def run(profile: Profile, gallery: Path, source: str, *, relay_pin: int | None =
         return DoorLock(config, relay, audit).run(session)
     finally:
         relay.close()
+        if link is not None:
+            link.stop()
         for handler in audit.handlers:
             handler.close()
