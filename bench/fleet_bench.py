@@ -85,7 +85,8 @@ class Watcher:
         self.client = broker.client(f"watcher-{os.getpid()}-{id(self)}")
         self.client.on_message = lambda _c, _u, m: self._keep(m.topic, m.payload, m.retain)
         _connect(broker, self.client, 10)
-        self.client.subscribe([(topic, 1) for topic in topics])
+        if topics:
+            self.client.subscribe([(topic, 1) for topic in topics])
 
     def _keep(self, topic: str, payload: bytes, retain: bool) -> None:
         with self.lock:

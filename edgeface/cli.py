@@ -317,7 +317,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         report = seen.get("gallery", {})
         event = (seen.get("state") or {}).get("last_event") or {}
         last = " ".join(str(event[k]) for k in ("time", "decision", "identity") if event.get(k)) or "none"
-        print(f"{door:16s} {seen.get('availability', '?'):8s} gallery {report.get('version')} "
+        print(f"{door:16s} {seen.get('availability', '?'):8s} gallery {report.get('version') or 'none'} "
               f"({report.get('status', '?')}{': ' + report['error'] if report.get('error') else ''})  last event {last}")
     return 0
 

@@ -1,0 +1,325 @@
+"""The fleet against a real mosquitto on a private loopback port: doors (in-process DoorLinks, and real
+`edgeface doorlock` processes on LFW photos) apply signed bundles, refuse forged, tampered, foreign and replayed ones,
+keep deciding and queue their events while the broker is gone, and appear in Home Assistant discovery.
+Without mosquitto the tests skip, except under CI=true, where that is a failure."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgeface.access import AccessRules
+from edgeface.cli import main
+from edgeface.errors import FleetError
+from edgeface.gallery import UNKNOWN, Gallery, Person
+
+try:
+    from edgeface import fleet
+except FleetError as missing:  # the fleet extra is not installed
+    if os.environ.get("CI") == "true":
+        raise
+    pytest.skip(str(missing), allow_module_level=True)
+
+from bench.fleet_bench import LocalBroker, Watcher, mosquitto_binary  # noqa: E402
+
+SHA, DIM, SITE = "ab" * 32, 8, "home"
+REPORT_KEYS = {"version", "offered", "added", "removed", "updated", "unchanged", "status", "error", "time"}
+
+
+def unit(seed: int) -> np.ndarray:
+    vector = np.random.default_rng(seed).normal(size=(1, DIM))
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+@pytest.fixture()
+def broker(tmp_path: Path) -> Iterator[LocalBroker]:
+    binary = mosquitto_binary()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("mosquitto is missing under CI (.ci/run installs it)")
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    (tmp_path / "broker").mkdir()
+    local = LocalBroker(tmp_path / "broker", binary)
+    local.start()
+    yield local
+    local.stop()
+
+
+@pytest.fixture()
+def keys(tmp_path: Path) -> Path:
+    fleet.keygen(tmp_path / "keys")
+    return tmp_path / "keys"
+
+
+class Collect(logging.Handler):
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(json.loads(record.getMessage()))
+
+
+class Door:
+    """An in-process door: its gallery, a DoorLink and the audit records it wrote."""
+
+    def __init__(self, folder: Path, url: str, name: str, trust: Path) -> None:
+        self.name = name
+        self.path = folder / f"{name}.db"
+        self.gallery = Gallery(self.path, SHA, DIM)  # the door lock's own connection: it must see every apply
+        self.audit: list[dict[str, Any]] = []
+        logger = logging.Logger(f"audit-{name}")  # as doorlock.run wires it: audit lines also become events
+        logger.addHandler(Collect(self.audit))
+        self.link = fleet.start_door_link(fleet.LinkConfig(fleet.Broker.parse(url), name, trust, SITE), self.path,
+                                          logger)
+
+    def topic(self, leaf: str) -> str:
+        return fleet.door_topic(SITE, self.name, leaf)
+
+    def close(self) -> None:
+        self.link.stop()
+        self.gallery.close()
+
+
+@pytest.fixture()
+def doors(tmp_path: Path, broker: LocalBroker, keys: Path) -> Iterator[list[Door]]:
+    made = [Door(tmp_path, broker.url, f"door{i}", keys / "fleet.pub") for i in range(3)]
+    yield made
+    for door in made:
+        door.close()
+
+
+def office(path: Path, people: dict[str, int], rules: dict[str, AccessRules] | None = None) -> Path:
+    """The enrolment workstation's gallery (same fake model as the doors)."""
+    path.unlink(missing_ok=True)
+    with Gallery(path, SHA, DIM) as gallery:
+        for name, seed in people.items():
+            gallery.add(name, unit(seed))
+            if rules and name in rules:
+                gallery.set_rules(name, rules[name])
+    return path
+
+
+def publish(broker: LocalBroker, keys: Path, gallery: Path, **options: Any) -> int:
+    return fleet.publish(gallery, keys / "fleet.key", fleet.Broker.parse(broker.url), SITE, **options)[0]
+
+
+def reports(watcher: Watcher, door: Door) -> list[dict[str, Any]]:
+    return watcher.json(door.topic("gallery"))
+
+
+def wait_report(watcher: Watcher, door: Door, **expected: Any) -> dict[str, Any]:
+    """The first report of `door` with every field of `expected`."""
+    return watcher.wait(lambda: next((r for r in reports(watcher, door)
+                                      if all(r.get(k) == v for k, v in expected.items())), None))
+
+
+def who(door: Door, seed: int) -> str:
+    return door.gallery.identify(unit(seed), 0.9)[0][0]
+
+
+def test_publish_reaches_every_door_and_removal_follows(tmp_path: Path, broker: LocalBroker, keys: Path,
+                                                        doors: list[Door]) -> None:
+    watcher = Watcher(broker.url, [fleet.door_topic(SITE, "+", "gallery"), fleet.door_topic(SITE, "+", "event")])
+    source = office(tmp_path / "office.db", {"alice": 1, "bob": 2, "carol": 3})
+    version = publish(broker, keys, source)
+    for door in doors:
+        report = wait_report(watcher, door, version=version)
+        assert set(report) == REPORT_KEYS
+        assert report | {"time": None} == {"version": version, "offered": version, "added": 3, "removed": 0,
+                                           "updated": 0, "unchanged": 0, "status": "applied", "error": None,
+                                           "time": None}
+        assert who(door, 2) == "bob"
+    office(source, {"alice": 1, "carol": 3})
+    removal = publish(broker, keys, source)
+    assert removal > version
+    for door in doors:
+        assert wait_report(watcher, door, version=removal)["removed"] == 1
+        assert who(door, 2) == UNKNOWN and who(door, 1) == "alice"  # the door lock's connection sees it at once
+        assert door.gallery.access("bob", datetime.now()) == "not enrolled"
+        assert [r["decision"] for r in door.audit] == ["bundle_applied", "bundle_applied"]
+    event = watcher.wait(lambda: next((e for e in watcher.json(doors[0].topic("event"))
+                                       if e["decision"] == "bundle_applied"), None))
+    assert event["door"] == "door0" and event["event_type"] == "bundle_applied" and isinstance(event["seq"], int)
+    watcher.close()
+
+
+def test_forged_tampered_foreign_and_replayed_bundles_are_refused(tmp_path: Path, broker: LocalBroker, keys: Path,
+                                                                  doors: list[Door]) -> None:
+    door = doors[0]
+    watcher = Watcher(broker.url, [door.topic("gallery"), fleet.gallery_topic(SITE)])
+    source = office(tmp_path / "office.db", {"alice": 1, "bob": 2})
+    first = publish(broker, keys, source)
+    wait_report(watcher, door, version=first, status="applied")
+    old_payload = next(p for t, p, _ in watcher.messages if t == fleet.gallery_topic(SITE))
+    office(source, {"alice": 1})
+    second = publish(broker, keys, source)
+    wait_report(watcher, door, version=second, status="applied")
+
+    fleet.keygen(tmp_path / "intruder")
+    intruder = fleet.load_private_key(tmp_path / "intruder" / "fleet.key")
+    everyone = [Person("mallory", unit(9)), Person("alice", unit(1))]
+    forged = fleet.sign_bundle(fleet.make_bundle(everyone, SHA, DIM, SITE, second + 10), intruder)
+    envelope = json.loads(fleet.sign_bundle(fleet.make_bundle(everyone, SHA, DIM, SITE, second + 20),
+                                            fleet.load_private_key(keys / "fleet.key")))
+    envelope["bundle"] = envelope["bundle"].replace('"mallory"', '"mallorz"')
+    tampered = json.dumps(envelope).encode()
+    key = fleet.load_private_key(keys / "fleet.key")
+    foreign = fleet.sign_bundle(fleet.make_bundle(everyone, SHA, DIM, "office", second + 30), key)
+    other_model = fleet.sign_bundle(fleet.make_bundle(everyone, "cd" * 32, DIM, SITE, second + 40), key)
+    attacks = [(forged, "bad signature"), (tampered, "bad signature"), (foreign, "site 'office'"),
+               (other_model, "from model cdcdcdcdcdcd"), (old_payload, "not newer than the applied"),
+               (b"{not json", "malformed envelope")]
+    publisher = Watcher(broker.url, [])
+    for payload, reason in attacks:
+        publisher.client.publish(fleet.gallery_topic(SITE), payload, qos=1, retain=True).wait_for_publish(10)
+        report = watcher.wait(lambda: next((r for r in reports(watcher, door)
+                                            if r["status"] == "refused" and reason in r["error"]), None))
+        assert report["version"] == second  # the report says what the door still holds
+        assert door.gallery.people() == [("alice", 1)] and door.gallery.applied_bundle()[0] == second
+    refusals = [r for r in door.audit if r["decision"] == "bundle_refused"]
+    assert len(refusals) == len(attacks) and all(r["held"] == second for r in refusals)
+    assert [any(reason in r["error"] for r in refusals) for _, reason in attacks] == [True] * len(attacks)
+    publisher.close()
+    watcher.close()
+
+
+def test_a_restarted_door_refuses_a_replay_and_ignores_the_same_bundle(tmp_path: Path, broker: LocalBroker,
+                                                                     keys: Path) -> None:
+    source = office(tmp_path / "office.db", {"alice": 1})
+    door = Door(tmp_path, broker.url, "front", keys / "fleet.pub")
+    watcher = Watcher(broker.url, [door.topic("gallery")])
+    version = publish(broker, keys, source)
+    wait_report(watcher, door, version=version, status="applied")
+    door.close()
+    again = Door(tmp_path, broker.url, "front", keys / "fleet.pub")  # the retained bundle arrives again
+    wait_report(watcher, again, status="current", offered=version)
+    assert again.audit == [] and again.gallery.people() == [("alice", 1)]
+    again.close()
+    watcher.close()
+
+
+def test_empty_bundle_needs_allow_empty(tmp_path: Path, broker: LocalBroker, keys: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    empty = office(tmp_path / "empty.db", {})
+    command = ["fleet", "publish", "--gallery", str(empty), "--key", str(keys / "fleet.key"),
+               "--broker", broker.url]
+    assert main(command) == 2
+    assert "holds nobody" in capsys.readouterr().err
+    assert main(command + ["--allow-empty"]) == 0
+    assert "0 people" in capsys.readouterr().out
+
+
+def test_broker_gone_the_door_queues_events_and_delivers_them_in_order(tmp_path: Path, broker: LocalBroker,
+                                                                       keys: Path, doors: list[Door]) -> None:
+    door = doors[0]
+    watcher = Watcher(broker.url, [door.topic("gallery")])
+    today = date.today()
+    source = office(tmp_path / "office.db", {"alice": 1, "bob": 2},
+                    {"bob": AccessRules(valid_until=today + timedelta(days=1))})
+    version = publish(broker, keys, source)
+    wait_report(watcher, door, version=version)
+    watcher.close()
+    broker.stop(signal.SIGKILL)
+    for index in range(150):
+        door.link.publish_event({"decision": "unknown", "index": index})
+    assert who(door, 1) == "alice"  # still deciding with the last applied gallery
+    assert door.gallery.access("bob", datetime.now() + timedelta(days=2)) == "expired"  # offline expiry
+    assert door.link.pending_events() >= 150  # (and the bundle_applied event, if the broker died before it)
+    broker.start()
+    events = Watcher(broker.url, [door.topic("event")])
+    received = events.wait(lambda: (lambda got: got if len({e["seq"] for e in got}) >= 150 else None)(
+        [e for e in events.json(door.topic("event")) if e.get("decision") == "unknown"]), 30)
+    unique = list({e["seq"]: e for e in received}.values())
+    assert [e["index"] for e in unique] == list(range(150))  # none lost, in order (duplicates share a seq)
+    assert all(e["door"] == "door0" and e["event_type"] == "unknown" for e in unique)
+    events.wait(lambda: door.link.pending_events() == 0)
+    events.close()
+
+
+def test_event_queue_is_bounded(tmp_path: Path) -> None:
+    queue = fleet.EventQueue(tmp_path / "q.events", limit=5)
+    for index in range(8):
+        queue.put({"index": index})
+    assert [json.loads(r)["index"] for _, r in queue.oldest(10)] == [3, 4, 5, 6, 7] and len(queue) == 5
+    queue.delete_through(queue.oldest(2)[-1][0])
+    assert [json.loads(r)["index"] for _, r in queue.oldest(10)] == [5, 6, 7]
+    queue.close()
+
+
+def test_home_assistant_discovery_lock_state_and_status(tmp_path: Path, broker: LocalBroker, keys: Path,
+                                                        doors: list[Door], capsys: pytest.CaptureFixture[str]) -> None:
+    door = doors[1]
+    node = f"edgeface_{SITE}_{door.name}"
+    watcher = Watcher(broker.url, [f"homeassistant/+/{node}/+/config", door.topic("state")])
+    expected = {f"homeassistant/{c}/{node}/{o}/config"
+                for c, o in (("lock", "lock"), ("event", "decision"), ("sensor", "last_person"),
+                             ("sensor", "gallery_version"))}
+    watcher.wait(lambda: expected <= {t for t, _, _ in watcher.messages})
+    configs = {t: json.loads(p) for t, p, _ in watcher.messages if t in expected}
+    assert {c["device"]["identifiers"][0] for c in configs.values()} == {node}
+    assert all(c["availability_topic"] == door.topic("availability") for c in configs.values())
+    assert configs[f"homeassistant/lock/{node}/lock/config"]["retain"] is False
+    assert configs[f"homeassistant/event/{node}/decision/config"]["event_types"] == list(fleet.EVENT_TYPES)
+    count = len(watcher.messages)
+    watcher.client.publish("homeassistant/status", "online", qos=1).wait_for_publish(10)
+    watcher.wait(lambda: sum(t in expected for t, _, _ in watcher.messages[count:]) == len(expected))
+    door.link.set_lock_state(False)
+    door.link.publish_event({"decision": "unlock", "identity": "alice"})
+    state = watcher.wait(lambda: next((s for s in watcher.json(door.topic("state"))
+                                       if s["last_person"] == "alice"), None))
+    assert state["lock"] == "UNLOCKED" and state["last_event"]["event_type"] == "recognised"
+    watcher.client.publish(door.topic("lock/set"), "UNLOCK", qos=1).wait_for_publish(10)
+    watcher.wait(lambda: any(r["decision"] == "remote_unlock_refused" for r in door.audit))
+    assert main(["fleet", "status", "--broker", broker.url, "--wait", "1"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert sorted(lines) == ["door0", "door1", "door2"] and all(" online " in line for line in lines.values())
+    assert "gallery none" in lines["door0"] and "remote_unlock_refused" in lines["door1"]
+    watcher.close()
+
+
+def test_a_stopped_door_says_offline(tmp_path: Path, broker: LocalBroker, keys: Path) -> None:
+    door = Door(tmp_path, broker.url, "side", keys / "fleet.pub")
+    watcher = Watcher(broker.url, [door.topic("availability")])
+    watcher.wait(lambda: (door.topic("availability"), b"online", True) in watcher.messages
+                 or (door.topic("availability"), b"online", False) in watcher.messages)
+    door.close()
+    watcher.wait(lambda: watcher.messages[-1][1] == b"offline")
+    watcher.close()
+
+
+def test_without_the_fleet_extra_one_line_names_it(tmp_path: Path) -> None:
+    script = textwrap.dedent("""
+        import sys
+        sys.modules["paho"] = None  # as if paho-mqtt were not installed
+        from edgeface.cli import main
+        sys.exit(main(["fleet", "keygen", "--out", sys.argv[1]]))
+    """)
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "k")], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).parents[1])
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "pip install 'edgeface[fleet]'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bad_fleet_arguments_are_one_line(tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, message in ((["fleet", "status", "--broker", "http://x"], "expected mqtt://HOST[:PORT]"),
+                          (["fleet", "status", "--broker", "mqtt://127.0.0.1:9", "--site", "a/b"], "site 'a/b'"),
+                          (["fleet", "publish", "--gallery", str(tmp_path / "none.db"), "--key",
+                            str(keys / "fleet.pub"), "--broker", "mqtt://127.0.0.1:9"], "not a PEM private key")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
