@@ -449,7 +449,11 @@ class DoorLink:
     def stop(self, timeout: float = 5.0) -> None:
         """Say offline, flush what can be sent within `timeout`, disconnect."""
         if self._connected.is_set():
-            self._client.publish(self._topics["availability"], "offline", qos=1, retain=True).wait_for_publish(timeout)
+            try:
+                self._client.publish(self._topics["availability"], "offline", qos=1,
+                                     retain=True).wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                pass  # the broker went away meanwhile: the last will says offline instead
         self._stopping.set()
         self._wake.set()
         self._sender.join(timeout)
@@ -562,31 +566,29 @@ class DoorLink:
 
     # events (sender thread)
 
-    def _send_events(self, batch: int = 100, timeout: float = 10.0) -> None:
-        """Deliver queued events in order while connected; one is deleted only once the broker acknowledged it."""
+    def _send_events(self) -> None:
+        """Deliver queued events while connected, woken by each new one (or every second)."""
         while not self._stopping.is_set():
             self._wake.wait(1.0)
             self._wake.clear()
-            while self._connected.is_set():
-                sent = []
-                for seq, record in self._queue.oldest(batch):
-                    if not self._connected.is_set():
-                        break
-                    sent.append((seq, self._client.publish(self._topics["event"],
-                                                           json.dumps({**json.loads(record), "seq": seq}), qos=1)))
-                for seq, info in sent:
-                    try:
-                        info.wait_for_publish(timeout)
-                    except (RuntimeError, ValueError):
-                        break
-                    if not info.is_published():
-                        break
-                    self._queue.delete_through(seq)
-                else:
-                    if len(sent) < batch:
-                        break
-                    continue
-                break
+            while self._connected.is_set() and self._send_batch():
+                pass
+
+    def _send_batch(self, batch: int = 100, timeout: float = 10.0) -> bool:
+        """Publish up to `batch` of the oldest queued events and delete each one the broker acknowledged, in order;
+        True if a whole batch went through (more may wait)."""
+        sent = [(seq, self._client.publish(self._topics["event"], json.dumps({**json.loads(record), "seq": seq}),
+                                           qos=1))
+                for seq, record in self._queue.oldest(batch)]
+        for seq, info in sent:
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):  # not connected, or paho's queue is full: retry later
+                return False
+            if not info.is_published():
+                return False
+            self._queue.delete_through(seq)
+        return len(sent) == batch
 
 
 class EventForwarder(logging.Handler):
