@@ -319,7 +319,11 @@ def test_bad_fleet_arguments_are_one_line(tmp_path: Path, keys: Path, capsys: py
     for argv, message in ((["fleet", "status", "--broker", "http://x"], "expected mqtt://HOST[:PORT]"),
                           (["fleet", "status", "--broker", "mqtt://127.0.0.1:9", "--site", "a/b"], "site 'a/b'"),
                           (["fleet", "publish", "--gallery", str(tmp_path / "none.db"), "--key",
-                            str(keys / "fleet.pub"), "--broker", "mqtt://127.0.0.1:9"], "not a PEM private key")):
+                            str(keys / "fleet.pub"), "--broker", "mqtt://127.0.0.1:9"], "not a PEM private key"),
+                          (["doorlock", "--gallery", str(tmp_path / "g.db"), "--fleet", "mqtt://127.0.0.1:9"],
+                           "--fleet needs --door NAME and --trust PUBKEY"),
+                          (["doorlock", "--gallery", str(tmp_path / "g.db"), "--fleet", "mqtt://127.0.0.1:9",
+                            "--door", "front door", "--trust", str(keys / "fleet.pub")], "--door 'front door'")):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
