@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,10 +22,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from PIL import Image
+
 from edgeface.access import AccessRules
+from edgeface.analyzer import FaceAnalyzer
 from edgeface.cli import main
 from edgeface.errors import FleetError
 from edgeface.gallery import UNKNOWN, Gallery, Person
+from edgeface.manifest import Manifest
+from edgeface.profiles import PROFILE_DIR, load_profile
 
 try:
     from edgeface import fleet
@@ -327,3 +333,170 @@ def test_bad_fleet_arguments_are_one_line(tmp_path: Path, keys: Path, capsys: py
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
+
+
+# --- real door processes on LFW photos ---------------------------------------------------------------------------
+
+PERSON = "Hugo_Chavez"
+EDGEFACE = Path(sys.executable).with_name("edgeface")
+
+
+@pytest.fixture(scope="module")
+def enrolment(manifest: Manifest, data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A quick door profile (320 input, one frame a decision, no liveness: LFW photos are not webcam frames), the
+    office gallery of PERSON (3 photos) and of one other person, and photos of both to show the doors."""
+    if "--follow" not in subprocess.run([str(EDGEFACE), "doorlock", "--help"], capture_output=True, text=True,
+                                        timeout=60).stdout:
+        pytest.skip("needs 'edgeface doorlock --source DIR --follow' (main)")
+    root = tmp_path_factory.mktemp("fleet-doors")
+    profile = root / "door.toml"
+    profile.write_text((PROFILE_DIR / "rpi4.toml").read_text()
+                       .replace("input_size = 640\nscore", "input_size = 320\nscore")
+                       .replace("min_frames = 4", "min_frames = 1").replace("max_misses = 5", "max_misses = 0")
+                       .replace("unlock_seconds = 3.0", "unlock_seconds = 0.01")
+                       .replace("cooldown_seconds = 5.0", "cooldown_seconds = 0.0")
+                       .replace("required = true", "required = false"))
+    people = data / "lfw_fold1" / "images"
+    photos = sorted((people / PERSON).glob("*.jpg"))
+    other = next(d for d in sorted(people.iterdir()) if d.name != PERSON and len(list(d.glob("*.jpg"))) >= 2)
+    analyzer = FaceAnalyzer(load_profile(profile))
+    embeddings = {}
+    for name, chosen in ((PERSON, photos[:3]), (other.name, sorted(other.glob("*.jpg"))[:1])):
+        embeddings[name] = np.stack([max(analyzer.embed(p), key=lambda f: f.area).embedding for p in chosen])
+    return {"profile": profile, "embeddings": embeddings, "model": analyzer.embedding_model_sha256,
+            "dim": analyzer.embedder.dim, "person": photos[3:], "other": other.name,
+            "other_photos": sorted(other.glob("*.jpg"))[1:]}
+
+
+def office_of(path: Path, enrolment: dict[str, Any], names: list[str],
+              rules: dict[str, AccessRules] | None = None) -> Path:
+    path.unlink(missing_ok=True)
+    with Gallery(path, enrolment["model"], enrolment["dim"]) as gallery:
+        for name in names:
+            gallery.add(name, enrolment["embeddings"][name])
+            if rules and name in rules:
+                gallery.set_rules(name, rules[name])
+    return path
+
+
+class DoorProcess:
+    """`edgeface doorlock --dry-run --source DIR --follow --fleet ...` in its own process; `show` hands it a frame."""
+
+    def __init__(self, root: Path, name: str, profile: Path, url: str, trust: Path) -> None:
+        self.name, self.folder, self.log = name, root / name, root / f"{name}.jsonl"
+        self.folder.mkdir()
+        self.shown = 0
+        self.stderr = (root / f"{name}.err").open("w")
+        self.process = subprocess.Popen(
+            [str(EDGEFACE), "doorlock", "--dry-run", "--profile", str(profile), "--gallery", str(root / f"{name}.db"),
+             "--source", str(self.folder), "--follow", "--audit-log", str(self.log), "--fleet", url,
+             "--door", name, "--trust", str(trust)], stdout=subprocess.DEVNULL, stderr=self.stderr)
+
+    def show(self, photo: Path | None) -> None:
+        """A photo as the next frame, or (None) a frame with no face, which ends the track before it."""
+        self.shown += 1
+        target = self.folder / f"{self.shown:04d}.jpg"
+        scratch = self.folder / f".{self.shown:04d}.tmp"
+        if photo is None:
+            Image.new("RGB", (250, 250), (128, 128, 128)).save(scratch, format="JPEG")
+        else:
+            shutil.copyfile(photo, scratch)
+        scratch.replace(target)
+
+    def decisions(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+
+    def wait_decision(self, decision: str, count: int = 1, timeout: float = 90.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [d for d in self.decisions() if d["decision"] == decision]
+            if len(found) >= count:
+                return found
+            assert self.process.poll() is None, f"{self.name} exited: {(self.log.parent / f'{self.name}.err').read_text()}"
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name}: no {count} x {decision} within {timeout} s: {self.decisions()}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(30)
+        self.stderr.close()
+        return code
+
+
+@pytest.fixture()
+def door_processes(tmp_path: Path) -> Iterator[list[DoorProcess]]:
+    started: list[DoorProcess] = []
+    yield started
+    for door in started:
+        door.stop()
+
+
+def test_real_doors_apply_the_bundle_and_lock_out_a_removed_person(
+        tmp_path: Path, broker: LocalBroker, keys: Path, enrolment: dict[str, Any],
+        door_processes: list[DoorProcess]) -> None:
+    watcher = Watcher(broker.url, [fleet.door_topic(SITE, "+", "gallery"), fleet.door_topic(SITE, "+", "event"),
+                                   fleet.door_topic(SITE, "+", "availability")])
+    source = office_of(tmp_path / "office.db", enrolment, [PERSON, enrolment["other"]])
+    version = publish(broker, keys, source)
+    doors = [DoorProcess(tmp_path, f"door{i}", enrolment["profile"], broker.url, keys / "fleet.pub")
+             for i in range(3)]
+    door_processes.extend(doors)
+    for door in doors:
+        watcher.wait(lambda: any(r["version"] == version and r["added"] == 2
+                                 for r in watcher.json(fleet.door_topic(SITE, door.name, "gallery"))), 90)
+        door.show(enrolment["person"][0])
+        door.show(None)
+    for door in doors:
+        [unlock] = door.wait_decision("unlock")
+        assert unlock["identity"] == PERSON
+        event = watcher.wait(lambda: next((e for e in watcher.json(fleet.door_topic(SITE, door.name, "event"))
+                                           if e["decision"] == "unlock"), None))
+        assert event["door"] == door.name and event["event_type"] == "recognised" and event["identity"] == PERSON
+    removal = publish(broker, keys, office_of(source, enrolment, [enrolment["other"]]))
+    for door in doors:
+        report = watcher.wait(lambda: next((r for r in watcher.json(fleet.door_topic(SITE, door.name, "gallery"))
+                                            if r["version"] == removal), None))
+        assert (report["status"], report["removed"], report["unchanged"]) == ("applied", 1, 1)
+        door.show(enrolment["person"][1])  # shown only after the door's ack
+        door.show(None)
+    for door in doors:
+        door.wait_decision("unknown")
+        assert len(door.wait_decision("unlock")) == 1  # nobody let in after the removal
+        assert door.stop() == 0
+    said = lambda: {(t, p) for t, p, _ in watcher.messages}  # noqa: E731
+    watcher.wait(lambda: all((fleet.door_topic(SITE, d.name, "availability"), b"offline") in said() for d in doors))
+    watcher.close()
+
+
+def test_a_real_door_decides_offline_refuses_the_expired_and_delivers_later(
+        tmp_path: Path, broker: LocalBroker, keys: Path, enrolment: dict[str, Any],
+        door_processes: list[DoorProcess]) -> None:
+    other = enrolment["other"]
+    yesterday = date.today() - timedelta(days=1)
+    source = office_of(tmp_path / "office.db", enrolment, [PERSON, other],
+                       {other: AccessRules(valid_until=yesterday)})
+    watcher = Watcher(broker.url, [fleet.door_topic(SITE, "front", "gallery")])
+    version = publish(broker, keys, source)
+    door = DoorProcess(tmp_path, "front", enrolment["profile"], broker.url, keys / "fleet.pub")
+    door_processes.append(door)
+    watcher.wait(lambda: any(r["version"] == version
+                             for r in watcher.json(fleet.door_topic(SITE, "front", "gallery"))), 90)
+    watcher.close()
+    broker.stop(signal.SIGKILL)
+    for photo in (enrolment["person"][0], None, enrolment["other_photos"][0], None):
+        door.show(photo)
+    [unlock] = door.wait_decision("unlock")
+    [refused] = door.wait_decision("refused")
+    assert unlock["identity"] == PERSON
+    assert refused["identity"] == other and refused["reason"] == "expired"
+    broker.start()
+    events = Watcher(broker.url, [fleet.door_topic(SITE, "front", "event")])
+    got = events.wait(lambda: (lambda e: e if {"unlock", "refused"} <= {x["decision"] for x in e} else None)(
+        events.json(fleet.door_topic(SITE, "front", "event"))), 60)
+    decisions = [e for e in {e["seq"]: e for e in got}.values() if e["decision"] in ("unlock", "refused")]
+    assert [e["decision"] for e in decisions] == ["unlock", "refused"]  # in the order decided, none lost
+    assert all(e["door"] == "front" for e in decisions)
+    events.close()
