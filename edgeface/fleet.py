@@ -281,8 +281,8 @@ def publish(gallery: Path, key_path: Path, broker: Broker, site: str = DEFAULT_S
     if not people and not allow_empty:
         raise FleetError(f"{gallery}: holds nobody; publishing it would remove everyone from every door "
                          "(pass --allow-empty to do that)")
-    payload = sign_bundle(make_bundle(people, model_sha256, dim, site, next_version(key_path)), key)
-    version = json.loads(json.loads(payload)["bundle"])["version"]
+    version = next_version(key_path)
+    payload = sign_bundle(make_bundle(people, model_sha256, dim, site, version), key)
     client = broker.client(f"edgeface-publish-{os.getpid()}")
     _connect(broker, client, timeout)
     try:
@@ -460,6 +460,7 @@ class DoorLink:
         self._client.disconnect()
         self._client.loop_stop()
         self._queue.close()
+        self._gallery = None  # it belongs to the network thread, now ended: closed by its finalizer
 
     # what the door lock calls
 
