@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from edgeface.access import EXPIRED, NOT_YET_VALID, OUTSIDE_SCHEDULE, AccessRules, parse_schedule
+from edgeface.cli import main
 from edgeface.errors import GalleryError
 from edgeface.gallery import SCHEMA_VERSION, Gallery, Person
+from edgeface.manifest import Manifest
 
 SHA, DIM = "ab" * 32, 8
 
@@ -141,3 +143,25 @@ def test_process_killed_mid_apply_leaves_the_old_gallery(tmp_path: Path) -> None
     assert done.returncode == 9
     with Gallery(path, SHA, DIM) as gallery:
         assert gallery.people() == [("alice", 1)] and gallery.applied_bundle() == (1, "old")
+
+
+def test_enroll_and_gallery_set_on_the_command_line(manifest: Manifest, data: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    photo = sorted((data / "lfw_fold1" / "images" / "Hugo_Chavez").glob("*.jpg"))[0]
+    db = str(tmp_path / "g.db")
+    assert main(["enroll", "--gallery", db, "--name", "hugo", "--valid-until", "2027-01-31", "--input-size", "320",
+                 str(photo)]) == 0
+    capsys.readouterr()
+    assert main(["gallery", "list", "--gallery", db]) == 0
+    assert capsys.readouterr().out == "hugo\t1\t..2027-01-31\n"
+    assert main(["gallery", "set", "hugo", "--gallery", db, "--valid-until", "none", "--valid-from", "2026-12-01",
+                 "--schedule", "mon-fri 07:00-19:00"]) == 0
+    assert capsys.readouterr().out == "hugo: 2026-12-01.., mon-fri 07:00-19:00\n"
+    for argv, message in ((["--schedule", "weekdays"], "is not 'DAYS HH:MM-HH:MM'"),
+                          (["--valid-until", "31/01/2027"], "--valid-until: '31/01/2027' is not a date"),
+                          (["--valid-until", "2026-01-01"], "is before valid from")):
+        assert main(["gallery", "set", "hugo", "--gallery", db, *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert main(["gallery", "set", "nobody", "--gallery", db, "--valid-until", "2027-01-31"]) == 2
+    assert "nobody named 'nobody'" in capsys.readouterr().err
