@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -469,7 +470,10 @@ class DoorLink:
         broker problem. An unlock also updates the retained state's last person."""
         decision = str(record.get("decision"))
         event = {**record, "door": self.config.door, "event_type": _EVENT_TYPE.get(decision, decision)}
-        self._queue.put(event)
+        try:
+            self._queue.put(event)
+        except sqlite3.Error as error:  # the audit file has the record; the door goes on deciding
+            print(f"edgeface: fleet: event not queued ({error})", file=sys.stderr, flush=True)
         self._state["last_event"] = event
         if decision == "unlock":
             self._state["last_person"] = record.get("identity")
@@ -524,7 +528,12 @@ class DoorLink:
     # bundles
 
     def _log(self, record: dict[str, Any]) -> None:
-        self.audit({"time": _now(), **record})
+        """An audit record from the network thread: a failure to write it must not end that thread."""
+        try:
+            self.audit({"time": _now(), **record})
+        except Exception as error:
+            print(f"edgeface: fleet: audit record not written ({error}): {json.dumps(record)}", file=sys.stderr,
+                  flush=True)
 
     def _reported(self, status: str, offered: int | None = None, counts: dict[str, int] | None = None,
                   error: str | None = None) -> dict[str, Any]:

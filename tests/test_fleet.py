@@ -343,8 +343,9 @@ EDGEFACE = Path(sys.executable).with_name("edgeface")
 
 @pytest.fixture(scope="module")
 def enrolment(manifest: Manifest, data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A quick door profile (320 input, one frame a decision, no liveness: LFW photos are not webcam frames), the
-    office gallery of PERSON (3 photos) and of one other person, and photos of both to show the doors."""
+    """A quick door profile (320 input, a track judged on its first frame and ended by one frame without it, no
+    liveness: LFW photos are not webcam frames), the office gallery of PERSON (3 photos) and of one other person,
+    and photos of both to show the doors."""
     if "--follow" not in subprocess.run([str(EDGEFACE), "doorlock", "--help"], capture_output=True, text=True,
                                         timeout=60).stdout:
         pytest.skip("needs 'edgeface doorlock --source DIR --follow' (main)")
@@ -358,7 +359,7 @@ def enrolment(manifest: Manifest, data: Path, tmp_path_factory: pytest.TempPathF
                        .replace("required = true", "required = false"))
     people = data / "lfw_fold1" / "images"
     photos = sorted((people / PERSON).glob("*.jpg"))
-    other = next(d for d in sorted(people.iterdir()) if d.name != PERSON and len(list(d.glob("*.jpg"))) >= 2)
+    other = next(d for d in sorted(people.iterdir()) if d.name != PERSON and len(list(d.glob("*.jpg"))) >= 3)
     analyzer = FaceAnalyzer(load_profile(profile))
     embeddings = {}
     for name, chosen in ((PERSON, photos[:3]), (other.name, sorted(other.glob("*.jpg"))[:1])):
@@ -392,8 +393,15 @@ class DoorProcess:
              "--source", str(self.folder), "--follow", "--audit-log", str(self.log), "--fleet", url,
              "--door", name, "--trust", str(trust)], stdout=subprocess.DEVNULL, stderr=self.stderr)
 
+    def visit(self, photos: list[Path]) -> None:
+        """A person in front of the door: their photos as frames (a track is confirmed after 2), then a frame
+        without a face, which ends the track."""
+        for photo in photos:
+            self.show(photo)
+        self.show(None)
+
     def show(self, photo: Path | None) -> None:
-        """A photo as the next frame, or (None) a frame with no face, which ends the track before it."""
+        """A photo as the next frame, or (None) a frame with no face."""
         self.shown += 1
         target = self.folder / f"{self.shown:04d}.jpg"
         scratch = self.folder / f".{self.shown:04d}.tmp"
@@ -447,8 +455,7 @@ def test_real_doors_apply_the_bundle_and_lock_out_a_removed_person(
     for door in doors:
         watcher.wait(lambda: any(r["version"] == version and r["added"] == 2
                                  for r in watcher.json(fleet.door_topic(SITE, door.name, "gallery"))), 90)
-        door.show(enrolment["person"][0])
-        door.show(None)
+        door.visit(enrolment["person"][:2])
     for door in doors:
         [unlock] = door.wait_decision("unlock")
         assert unlock["identity"] == PERSON
@@ -460,8 +467,7 @@ def test_real_doors_apply_the_bundle_and_lock_out_a_removed_person(
         report = watcher.wait(lambda: next((r for r in watcher.json(fleet.door_topic(SITE, door.name, "gallery"))
                                             if r["version"] == removal), None))
         assert (report["status"], report["removed"], report["unchanged"]) == ("applied", 1, 1)
-        door.show(enrolment["person"][1])  # shown only after the door's ack
-        door.show(None)
+        door.visit(enrolment["person"][2:4])  # only after the door's ack
     for door in doors:
         door.wait_decision("unknown")
         assert len(door.wait_decision("unlock")) == 1  # nobody let in after the removal
@@ -486,8 +492,8 @@ def test_a_real_door_decides_offline_refuses_the_expired_and_delivers_later(
                              for r in watcher.json(fleet.door_topic(SITE, "front", "gallery"))), 90)
     watcher.close()
     broker.stop(signal.SIGKILL)
-    for photo in (enrolment["person"][0], None, enrolment["other_photos"][0], None):
-        door.show(photo)
+    door.visit(enrolment["person"][:2])
+    door.visit(enrolment["other_photos"][:2])
     [unlock] = door.wait_decision("unlock")
     [refused] = door.wait_decision("refused")
     assert unlock["identity"] == PERSON
