@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=edgeface_home(),
                         help="downloads and work files (default: %(default)s)")
     parser.add_argument("--only", nargs="+", metavar="KEY", help="build only these model keys, e.g. retinaface-640")
+    parser.add_argument("--check", action="store_true",
+                        help="build nothing: list what would be rebuilt (exit 1 if anything would)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
@@ -28,14 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from convert.build import build_all
 
-        manifest = build_all(args.out.expanduser(), args.cache.expanduser(), args.only, log)
+        result = build_all(args.out.expanduser(), args.cache.expanduser(), args.only, log, args.check)
     except ConvertError as error:
         print(f"convert: error: {error}", file=sys.stderr)
         return 1
     except ImportError as error:
         print(f"convert: error: {error.name} is not installed; run 'make install'", file=sys.stderr)
         return 1
-    log(f"manifest: {manifest}")
+    if isinstance(result, list):
+        return 1 if result else 0
+    log(f"manifest: {result}")
     return 0
 
 

@@ -339,17 +339,24 @@ class Builder:
         return path
 
 
-def build_all(out: Path, cache: Path, only: list[str] | None, log: Callable[[str], None]) -> Path:
-    """Build (or reuse) every target, then write the manifest; returns its path."""
+def build_all(out: Path, cache: Path, only: list[str] | None, log: Callable[[str], None],
+              check: bool = False) -> Path | list[str]:
+    """Build (or reuse) every target, then write the manifest and return its path; with `check`, build nothing
+    and return the keys that would be rebuilt."""
     writable_folder(out, "models")
     writable_folder(cache, "the conversion cache")
     builder = Builder(out, cache)
+    stale = []
     for target in TARGETS:
         if only and target.key not in only:
             continue
         if builder.up_to_date(target):
             log(f"{target.key}: up to date")
             continue
-        builder.build(target, log)
-    return builder.write_manifest()
+        stale.append(target.key)
+        if check:
+            log(f"{target.key}: would rebuild")
+        else:
+            builder.build(target, log)
+    return stale if check else builder.write_manifest()
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +21,10 @@ from edgeface.manifest import Manifest, ModelSpec, load_manifest, model_key
 from edgeface.mtcnn import CascadeSettings, Mtcnn
 from edgeface.profiles import Profile, load_profile
 from edgeface.retinaface import RetinaFace
+
+if TYPE_CHECKING:
+    from edgeface.tracker import StreamFrame
+
 
 @dataclass
 class Face:
@@ -146,14 +152,24 @@ class FaceAnalyzer:
         found = self.detector.detect(pixels, self.score_threshold, det.nms_iou, det.max_faces)
         return _faces(found)
 
-    def embed(self, image: np.ndarray | str | Path) -> list[Face]:
-        """Detect, then give every face its L2-normalised embedding."""
-        pixels = load_image(image) if isinstance(image, (str, Path)) else image
-        faces = self.detect(pixels)
-        vectors = self.embedder.embed(pixels, np.array([f.landmarks for f in faces]).reshape(-1, 5, 2))
+    def embed_faces(self, image: np.ndarray, faces: list[Face]) -> list[Face]:
+        """Give each of `faces` (found in this RGB image) its L2-normalised embedding, aligned by its landmarks."""
+        vectors = self.embedder.embed(image, np.array([f.landmarks for f in faces]).reshape(-1, 5, 2))
         for face, vector in zip(faces, vectors):
             face.embedding = vector
         return faces
+
+    def embed(self, image: np.ndarray | str | Path) -> list[Face]:
+        """Detect, then give every face its L2-normalised embedding."""
+        pixels = load_image(image) if isinstance(image, (str, Path)) else image
+        return self.embed_faces(pixels, self.detect(pixels))
+
+    def track(self, frames: Iterable[np.ndarray], liveness_frames: int = 0) -> Iterator[StreamFrame]:
+        """VIDEO mode: per frame, the faces as tracks with a stable `track_id` (edgeface.tracker.FaceStream);
+        each track is embedded when it appears and again only on a clearly better view."""
+        from edgeface.tracker import FaceStream
+
+        return FaceStream(self, liveness_frames=liveness_frames).run(frames)
 
     def open_gallery(self, path: str | Path) -> Gallery:
         """The gallery at `path` bound to this analyzer's embedding model (created if missing)."""

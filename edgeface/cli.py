@@ -1,4 +1,5 @@
-"""The `edgeface` command line: detect, embed, enroll, identify, verify, demo, gallery, models, profiles."""
+"""The `edgeface` command line: detect, embed, enroll, identify, verify, demo, gallery, models, profiles, doorlock,
+watch."""
 
 from __future__ import annotations
 
@@ -291,7 +292,7 @@ def cmd_doorlock(args: argparse.Namespace) -> int:
 
         fleet = LinkConfig(Broker.parse(args.fleet), args.door, args.trust, args.site)
     return run(load_profile(args.profile), args.gallery, args.source, relay_pin=args.relay_pin,
-               audit_log=args.audit_log, dry_run=args.dry_run, fleet=fleet)
+               audit_log=args.audit_log, dry_run=args.dry_run, follow=args.follow, fleet=fleet)
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
@@ -320,6 +321,13 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         print(f"{door:16s} {seen.get('availability', '?'):8s} gallery {report.get('version') or 'none'} "
               f"({report.get('status', '?')}{': ' + report['error'] if report.get('error') else ''})  last event {last}")
     return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """The door's tracked stream without a relay: one line (or JSON object) per track event."""
+    from edgeface.watch import run
+
+    return run(load_profile(args.profile), args.source, args.gallery, args.json, args.follow)
 
 
 def cmd_check_edgetpu(args: argparse.Namespace) -> int:
@@ -432,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="BCM GPIO of the relay (default: the profile's)")
     doorlock.add_argument("--audit-log", type=Path, metavar="FILE", help="JSON lines, rotated (default: stdout)")
     doorlock.add_argument("--dry-run", action="store_true", help="report the relay instead of driving it")
+    doorlock.add_argument("--follow", action="store_true", help="keep watching a --source folder for new images")
     doorlock.add_argument("--fleet", metavar="mqtt://HOST[:PORT]", help="apply signed galleries and send events")
     doorlock.add_argument("--site", default="home", help="fleet site (default: %(default)s)")
     doorlock.add_argument("--door", help="this door's name in the fleet")
@@ -453,6 +462,14 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--broker", required=True, metavar="mqtt://HOST[:PORT]")
         command.add_argument("--site", default="home", help="fleet site (default: %(default)s)")
     fleet.set_defaults(handler=cmd_fleet)
+    watch = sub.add_parser("watch", help="the door's face tracks without a relay: appeared, identified, left")
+    watch.add_argument("--profile", default=DEFAULT_PROFILE, help="hardware profile name or .toml path")
+    watch.add_argument("--source", default="camera", metavar="camera|PATH",
+                       help="'camera', a camera index or /dev/video*, a folder of images or a video file")
+    watch.add_argument("--gallery", type=Path, metavar="DB", help="name the tracks from this gallery")
+    watch.add_argument("--follow", action="store_true", help="keep watching a --source folder for new images")
+    watch.add_argument("--json", action="store_true", help="one JSON object per event per line")
+    watch.set_defaults(handler=cmd_watch)
     check_edgetpu = sub.add_parser("check-edgetpu", help="can a .tflite map to the Edge TPU? (static check)")
     check_edgetpu.add_argument("models", nargs="+", type=Path, metavar="MODEL")
     check_edgetpu.set_defaults(handler=cmd_check_edgetpu)

@@ -1,9 +1,15 @@
-"""The door lock: frame -> largest face -> gallery match -> K-of-N vote -> relay pulse, failing closed.
+"""The door lock: frames -> face tracks -> one decision per track -> relay pulse, failing closed.
 
-The relay is on (unlocked) only inside `DoorLock._pulse`, whose `finally` turns it off. Any exception (camera lost,
-model or gallery error, a bug) turns the relay off, clears the votes, is logged, and the loop retries after a
-doubling, capped backoff; SIGTERM or SIGINT ends the loop with the relay off. Every decision on a frame with a face
-is one JSON line in the audit log (no image). gpiozero is imported only to drive a real relay.
+Each face is followed as a track (edgeface.tracker); its identity and liveness evidence accumulate over its own
+frames and are judged by `edgeface.evidence.AcceptRules`, so two people never share evidence and a track judged
+not live stays refused while it lasts. The relay is on (unlocked) only inside `DoorLock._pulse`, whose `finally`
+turns it off, and only after the unlock's audit line is written: an audit log that cannot be written keeps the
+door locked. Before every decision the gallery file is checked (`GalleryWatch`): replaced, it is reopened;
+deleted or unreadable, the attempt fails and everyone is refused until it is readable again. Any exception turns
+the relay off, is logged (audit and stderr) and the attempt is retried after a doubling, capped backoff; a
+misconfiguration found when the lock starts (no gallery, a gallery of another model, no models, no OpenCV) ends
+it with exit code 2 instead, so systemd shows a failed unit. SIGTERM or SIGINT ends the loop with the relay off.
+Unlocks are one audit line each; unknown and refused tracks one line each when they end (no image, ever).
 """
 
 from __future__ import annotations
@@ -14,20 +20,21 @@ import logging.handlers
 import signal
 import sys
 import threading
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
-
-from edgeface.analyzer import Face, FaceAnalyzer
-from edgeface.camera import open_source
-from edgeface.errors import GalleryError, RelayError
-from edgeface.gallery import UNKNOWN, Gallery
+from edgeface.analyzer import FaceAnalyzer
+from edgeface.camera import FrameSource, SourceUnavailable, open_source
+from edgeface.errors import CameraError, EdgefaceError, GalleryError, ModelError, ProfileError, RelayError
+from edgeface.evidence import IMPOSTORS, AcceptRules, Verdict
+from edgeface.gallery import Gallery
 from edgeface.profiles import DoorlockConfig, Profile
+from edgeface.tracker import FaceStream, StreamFrame, Track, TrackerConfig
 
 if TYPE_CHECKING:
     from edgeface.fleet import LinkConfig
@@ -35,6 +42,14 @@ if TYPE_CHECKING:
 AUDIT_MAX_BYTES = 1_000_000
 AUDIT_BACKUPS = 5
 """The audit log rotates at 1 MB and keeps 5 old files (a bounded footprint on an SD card)."""
+
+
+class DoorlockError(EdgefaceError):
+    """The door lock cannot run as configured (audit log path, relay)."""
+
+
+class AuditError(EdgefaceError):
+    """An audit line could not be written (disk full, read-only, removed): the door stays locked."""
 
 
 class Relay(Protocol):
@@ -47,14 +62,11 @@ class Relay(Protocol):
     def close(self) -> None: ...
 
 
-class Recognizer(Protocol):
-    """The largest face of a frame with `identity` ('unknown' below the threshold) and `similarity`, or None."""
+Galleries = Callable[[], Gallery]
+"""Gives the gallery to decide with, checked afresh (GalleryWatch.current)."""
 
-    def __call__(self, frame: np.ndarray) -> Face | None: ...
-
-
-Session = Callable[[], AbstractContextManager[tuple[Iterable[np.ndarray], Recognizer]]]
-"""Opens what one attempt needs (frames and a recognizer); called again after every failure."""
+Session = Callable[[], AbstractContextManager[tuple[Iterator[StreamFrame], Galleries]]]
+"""Opens what one attempt needs (tracked frames and the gallery); called again after every failure."""
 
 
 class DryRunRelay:
@@ -93,39 +105,91 @@ def gpio_relay(pin: int, active_high: bool) -> Relay:
         raise RelayError(f"GPIO {pin}: cannot drive the relay ({error})") from None
 
 
-def audit_logger(path: Path | None) -> logging.Logger:
-    """A logger writing one message per line to `path` (rotated by size), or to stdout when None."""
-    logger = logging.Logger("edgeface.audit")  # not registered: nothing propagates to or from other loggers
-    if path is None:
-        handler: logging.Handler = logging.StreamHandler(sys.stdout)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(path, maxBytes=AUDIT_MAX_BYTES, backupCount=AUDIT_BACKUPS)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
-    return logger
+class _StrictRotatingHandler(logging.handlers.RotatingFileHandler):
+    """A rotating file handler whose write errors reach the caller instead of being printed and dropped."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        raise  # noqa: PLE0704 - called from inside emit's except block: re-raises the write error
 
 
-class GalleryRecognizer:
-    """Detect, embed only the largest face and name it from the gallery at the profile's match threshold;
-    with `check_liveness`, also score it live or spoof (edgeface.liveness)."""
+class _StrictStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler whose write errors reach the caller."""
 
-    def __init__(self, analyzer: FaceAnalyzer, gallery: Gallery, check_liveness: bool = False) -> None:
-        self.analyzer = analyzer
-        self.gallery = gallery
-        self.threshold = analyzer.profile.recognition.match_threshold
-        self.check_liveness = check_liveness
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802
+        raise  # noqa: PLE0704
 
-    def __call__(self, frame: np.ndarray) -> Face | None:
-        faces = self.analyzer.detect(frame)
-        if not faces:
-            return None
-        face = max(faces, key=lambda f: f.area)
-        face.embedding = self.analyzer.embedder.embed(frame, np.array([face.landmarks]))[0]
-        [(face.identity, face.similarity)] = self.gallery.identify(face.embedding[None], self.threshold)
-        if self.check_liveness:
-            self.analyzer.score_liveness(frame, [face])
-        return face
+
+class AuditLog:
+    """One JSON line per record, to a size-rotated file (or stdout); `write` raises AuditError when the line
+    could not be written and flushed. `listeners` also get every record written (e.g. the fleet link)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.listeners: list[Callable[[dict[str, object]], None]] = []
+        self._logger = logging.Logger("edgeface.audit")  # not registered: nothing propagates to or from it
+        if path is None:
+            handler: logging.Handler = _StrictStreamHandler(sys.stdout)
+        else:
+            if path.is_dir():
+                raise DoorlockError(f"{path}: the audit log is a folder; give a file path, e.g. {path / 'door.jsonl'}")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                handler = _StrictRotatingHandler(path, maxBytes=AUDIT_MAX_BYTES, backupCount=AUDIT_BACKUPS)
+            except OSError as error:
+                raise DoorlockError(f"{path}: cannot write the audit log ({error.strerror or error})") from None
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        self._logger.addHandler(handler)
+
+    def write(self, record: dict[str, object]) -> None:
+        """Write one record (stamped with the time) or raise AuditError."""
+        record = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **record}
+        try:
+            self._logger.info(json.dumps(record))
+        except (OSError, ValueError) as error:
+            where = self.path or "stdout"
+            raise AuditError(f"{where}: cannot write the audit log ({getattr(error, 'strerror', None) or error})"
+                             ) from None
+        for listener in self.listeners:
+            listener(record)
+
+    def close(self) -> None:
+        """Close the file."""
+        for handler in self._logger.handlers:
+            handler.close()
+
+
+class GalleryWatch:
+    """The gallery at `path`, reopened when the file is replaced (another inode) and refused when it is gone."""
+
+    def __init__(self, path: Path, open_gallery: Callable[[Path], Gallery]) -> None:
+        self.path = path
+        self._open = open_gallery
+        self._gallery: Gallery | None = None
+        self._identity: tuple[int, int] | None = None
+
+    def current(self) -> Gallery:
+        """The gallery as the file is now, or GalleryError when it is missing or unreadable."""
+        try:
+            stat = self.path.stat()
+        except OSError as error:
+            self.close()
+            raise GalleryError(f"{self.path}: no gallery there ({error.strerror}); refusing everyone") from None
+        identity = (stat.st_dev, stat.st_ino)
+        if self._gallery is None or identity != self._identity:
+            self.close()
+            self._gallery, self._identity = self._open(self.path), identity
+        try:
+            self._gallery.people()
+        except Exception as error:  # sqlite3 errors and GalleryError alike: the file cannot be read as it is
+            self.close()
+            raise GalleryError(f"{self.path}: the gallery cannot be read ({error}); refusing everyone") from None
+        return self._gallery
+
+    def close(self) -> None:
+        """Close the open gallery, if any."""
+        if self._gallery is not None:
+            self._gallery.close()
+            self._gallery = None
 
 
 @contextmanager
@@ -143,130 +207,195 @@ def _stop_on_signals(stop: Callable[[str], None]) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-class DoorLock:
-    """The decision loop. A face the recognizer judged not live (`Face.live` False) never counts as a match."""
+PERMANENT = (GalleryError, ModelError, ProfileError, SourceUnavailable)
+"""Errors that retrying cannot fix when the lock has not yet started (it then exits with 2)."""
 
-    def __init__(self, config: DoorlockConfig, relay: Relay, audit: logging.Logger) -> None:
+
+class DoorLock:
+    """The decision loop over tracked frames; see the module docstring."""
+
+    def __init__(self, config: DoorlockConfig, rules: AcceptRules, relay: Relay, audit: AuditLog) -> None:
         self.config = config
+        self.rules = rules
         self.relay = relay
         self.audit = audit
-        self._votes: deque[str | None] = deque(maxlen=config.window)
         self._stop = threading.Event()
         self._stop_reason = ""
+        self._quiet_until = 0.0  # monotonic time the cooldown ends
 
     def stop(self, reason: str = "stop requested") -> None:
         """End the loop (callable from a signal handler or another thread); the relay ends off."""
         self._stop_reason = reason
         self._stop.set()
 
-    def _log(self, decision: str, face: Face | None = None, **extra: object) -> None:
-        record: dict[str, object] = {
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "decision": decision,
-            "identity": face.identity if face is not None else None,
-            "similarity": round(float(face.similarity), 4) if face is not None else None,
-            "liveness": round(float(face.liveness), 4) if face is not None and face.liveness is not None else None,
-            **extra,
-        }
-        self.audit.info(json.dumps(record))
+    @property
+    def stopped(self) -> bool:
+        """True once `stop` was called."""
+        return self._stop.is_set()
+
+    def _record(self, verdict: Verdict, track: Track, threshold: float | None) -> dict[str, object]:
+        return {"decision": verdict.decision, "track": track.track_id, "identity": verdict.identity,
+                "similarity": None if verdict.similarity is None else round(verdict.similarity, 4),
+                "threshold": None if threshold is None else round(threshold, 4),
+                "liveness": None if verdict.liveness is None else round(verdict.liveness, 4),
+                "frames": track.hits, "views": len(track.views),
+                **({"reason": verdict.reason} if verdict.reason else {})}
 
     def _lock(self) -> None:
         """Relay off; if even that fails, say so (nothing else can be done from here)."""
         try:
             self.relay.off()
         except Exception as error:
-            self._log("relay_error", error=f"{type(error).__name__}: {error}")
+            message = f"{type(error).__name__}: {error}"
+            self._say("relay_error", message, error=message)
 
-    def step(self, frame: np.ndarray, recognize: Recognizer) -> str | None:
-        """Decide on one frame: 'unlock', 'pending' (enrolled, too few votes), 'unknown' or 'not_live';
-        None without a face (a miss in the vote window, not logged)."""
-        face = recognize(frame)
-        if face is None:
-            self._votes.append(None)
-            return None
-        live = face.live is not False
-        name = face.identity if live and face.identity != UNKNOWN else None
-        self._votes.append(name)
-        votes = self._votes.count(name) if name is not None else 0
-        if name is not None and votes >= self.config.votes:
-            decision = "unlock"
-        else:
-            decision = "not_live" if not live else "pending" if name is not None else "unknown"
-        self._log(decision, face, votes=votes)
-        if decision == "unlock":
-            self._pulse()
-        return decision
+    def _say(self, decision: str, text: str, **extra: object) -> None:
+        """A non-decision line (error, stopped): `text` on stderr, and the record in the audit log when it can be
+        written there."""
+        print(f"edgeface: doorlock: {decision}: {text}", file=sys.stderr, flush=True)
+        try:
+            self.audit.write({"decision": decision, **extra})
+        except AuditError:
+            pass  # already on stderr; the relay is off whatever happens here
+
+    def decide(self, result: StreamFrame, gallery: Galleries) -> list[str]:
+        """The decisions this frame brings: at most one per track ('unlock', 'not_live' or 'refused'), and one
+        line for each track that ended undecided ('unknown') or refused."""
+        decisions = []
+        for track in result.tracks:
+            if not track.confirmed or "verdict" in track.state or time.monotonic() < self._quiet_until:
+                continue
+            current = gallery()
+            verdict = self.rules.judge(track, current)
+            if verdict.decision == "unlock" and (reason := current.access(verdict.identity, datetime.now())):
+                verdict = replace(verdict, decision="refused", reason=reason)  # validity days, weekly schedule
+            if verdict.decision == "wait":
+                track.state["last"] = verdict
+                continue
+            track.state["verdict"] = verdict
+            decisions.append(verdict.decision)
+            if verdict.decision == "unlock":
+                self.audit.write(self._record(verdict, track, self.rules.threshold(current)))  # first: or no unlock
+                self._pulse()
+        for track in result.ended:
+            verdict = track.state.get("verdict") or track.state.get("last")
+            if not track.confirmed or (isinstance(verdict, Verdict) and verdict.decision == "unlock"):
+                continue
+            final = verdict if isinstance(verdict, Verdict) and verdict.decision != "wait" else Verdict(
+                "unknown", similarity=verdict.similarity if isinstance(verdict, Verdict) else None,
+                liveness=verdict.liveness if isinstance(verdict, Verdict) else None)
+            self.audit.write(self._record(final, track, None))
+            decisions.append(final.decision)
+        return decisions
 
     def _pulse(self) -> None:
         """Relay on for unlock_seconds (cut short by stop), off whatever happens, then the cooldown."""
-        self._votes.clear()
         try:
             self.relay.on()
             self._stop.wait(self.config.unlock_seconds)
         finally:
             self._lock()
-        self._stop.wait(self.config.cooldown_seconds)
+        self._quiet_until = time.monotonic() + self.config.cooldown_seconds
 
     def run(self, session: Session) -> int:
-        """Loop over the session's frames until the source ends (0) or a signal or `stop` ends it (0).
+        """Decide over the session's frames until the source ends (0) or a signal or `stop` ends it (0); 2 when the
+        lock cannot even start on a misconfiguration that no retry can fix.
 
-        Failures never escape: each is logged, the relay goes off, and the session is reopened after a backoff.
+        Other failures never escape: each is logged, the relay goes off, and the session is reopened after a backoff.
         """
         backoff = self.config.backoff_seconds
+        opened = False
         with _stop_on_signals(self.stop):
             try:
                 while not self._stop.is_set():
                     try:
-                        with session() as (frames, recognize):
-                            for frame in frames:
+                        with session() as (frames, gallery):
+                            opened = True
+                            for result in frames:
                                 if self._stop.is_set():
                                     break
-                                self.step(frame, recognize)
+                                self.decide(result, gallery)
                                 backoff = self.config.backoff_seconds
                             else:
                                 self._stop_reason = "source ended"
                                 return 0
                     except Exception as error:
                         self._lock()
-                        self._votes.clear()
-                        self._log("error", error=f"{type(error).__name__}: {error}", retry_in=backoff)
+                        message = f"{type(error).__name__}: {error}"
+                        if not opened and isinstance(error, PERMANENT):
+                            self._stop_reason = "misconfigured"
+                            self._say("error", f"{message}; exiting with 2", error=message, exit=2)
+                            return 2
+                        self._say("error", f"{message}; the relay is off, retrying in {backoff:g} s", error=message,
+                                  retry_in=backoff)
                         self._stop.wait(backoff)
                         backoff = min(2 * backoff, self.config.backoff_max_seconds)
                 return 0
             finally:
                 self._lock()
-                self._log("stopped", reason=self._stop_reason or "exception")
+                reason = self._stop_reason or "exception"
+                self._say("stopped", reason, reason=reason)
+
+
+def accept_rules(profile: Profile, analyzer: FaceAnalyzer) -> AcceptRules:
+    """The door's accept rule from the profile, for the analyzer's precision (loads the liveness model when the
+    profile requires liveness)."""
+    threshold = analyzer.liveness_scorer.threshold if profile.liveness.required else None
+    return AcceptRules(profile.doorlock.min_frames, profile.recognition.false_accept_rate,
+                       profile.recognition.match_threshold, IMPOSTORS[analyzer.precision], threshold)
 
 
 def run(profile: Profile, gallery: Path, source: str, *, relay_pin: int | None = None,
-        audit_log: Path | None = None, dry_run: bool = False, fleet: LinkConfig | None = None) -> int:
+        audit_log: Path | None = None, dry_run: bool = False, follow: bool = False,
+        fleet: LinkConfig | None = None) -> int:
     """The `edgeface doorlock` command: run the lock on `source` until it ends or a signal stops it; with `fleet`,
-    also apply the fleet's signed galleries and publish every audit line (edgeface.fleet)."""
+    also apply the fleet's signed galleries and publish every audit record (edgeface.fleet)."""
     config = profile.doorlock
     pin = config.relay_pin if relay_pin is None else relay_pin
+    analyzer = FaceAnalyzer(profile)
+    rules = accept_rules(profile, analyzer)
+    audit = AuditLog(audit_log)
     relay: Relay = DryRunRelay(pin) if dry_run else gpio_relay(pin, config.relay_active_high)
-    audit = audit_logger(audit_log)
     link = None
-    if fleet is not None:  # the fleet's hooks: a gallery to fill, the link, a relay Home Assistant can see
+    if fleet is not None:  # the fleet's hooks: a gallery for it to fill, the link, a relay Home Assistant can see
         from edgeface.fleet import ReportingRelay, start_door_link
 
-        FaceAnalyzer(profile).open_gallery(gallery).close()
+        analyzer.open_gallery(gallery).close()
         link = start_door_link(fleet, gallery, audit)
         relay = ReportingRelay(relay, link)
+    lock = DoorLock(config, rules, relay, audit)
+    frames: FrameSource | None = None
+
+    def warn(text: str) -> None:
+        print(f"edgeface: {text}", file=sys.stderr, flush=True)
 
     @contextmanager
-    def session() -> Iterator[tuple[Iterable[np.ndarray], Recognizer]]:
-        if not gallery.is_file():
+    def session() -> Iterator[tuple[Iterator[StreamFrame], Galleries]]:
+        nonlocal frames
+        if not gallery.is_file() or gallery.stat().st_size == 0:
             raise GalleryError(f"{gallery}: no such gallery (create it with 'edgeface enroll')")
-        analyzer = FaceAnalyzer(profile)
-        with analyzer.open_gallery(gallery) as people, open_source(source, profile.camera) as frames:
-            yield frames, GalleryRecognizer(analyzer, people, profile.liveness.required)
+        watch = GalleryWatch(gallery, analyzer.open_gallery)
+        try:
+            watch.current()
+            if frames is None:  # a folder or a video resumes where it stopped; only a lost camera is opened anew
+                frames = open_source(source, profile.camera, follow=follow, stopped=lambda: lock.stopped, warn=warn)
+            stream = FaceStream(analyzer, TrackerConfig(max_misses=config.max_misses),
+                                config.min_frames if profile.liveness.required else 0)
+            try:
+                yield stream.run(frames), watch.current
+            except CameraError:
+                frames.close()
+                frames = None
+                raise
+        finally:
+            watch.close()
 
     try:
-        return DoorLock(config, relay, audit).run(session)
+        return lock.run(session)
     finally:
         relay.close()
         if link is not None:
             link.stop()
-        for handler in audit.handlers:
-            handler.close()
+        if frames is not None:
+            frames.close()
+        audit.close()

@@ -24,7 +24,6 @@ import base64
 import binascii
 import hashlib
 import json
-import logging
 import os
 import re
 import sqlite3
@@ -35,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,14 +52,17 @@ except ImportError as missing:
 from edgeface.access import AccessRules, parse_day, parse_schedule
 from edgeface.gallery import Gallery, Person
 
+if TYPE_CHECKING:
+    from edgeface.doorlock import AuditLog
+
 BUNDLE_FORMAT = "edgeface-gallery-bundle/1"
 DEFAULT_SITE = "home"
 DEFAULT_PORT = 1883
 QUEUE_LIMIT = 10_000
 """Events kept on disk while the broker is away; past it the oldest go first."""
 REPORT_FIELDS = ("version", "offered", "added", "removed", "updated", "unchanged", "status", "error", "time")
-EVENT_TYPES = ("recognised", "unknown", "spoof", "refused", "pending", "error", "stopped",
-               "bundle_applied", "bundle_refused", "remote_unlock_refused")
+EVENT_TYPES = ("recognised", "unknown", "spoof", "refused", "error", "stopped", "bundle_applied", "bundle_refused",
+               "remote_unlock_refused")
 """The Home Assistant event entity's types: a decision's own name, but unlock -> recognised, not_live -> spoof."""
 _EVENT_TYPE = {"unlock": "recognised", "not_live": "spoof"}
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -530,7 +532,7 @@ class DoorLink:
     def _log(self, record: dict[str, Any]) -> None:
         """An audit record from the network thread: a failure to write it must not end that thread."""
         try:
-            self.audit({"time": _now(), **record})
+            self.audit(record)
         except Exception as error:
             print(f"edgeface: fleet: audit record not written ({error}): {json.dumps(record)}", file=sys.stderr,
                   flush=True)
@@ -601,20 +603,6 @@ class DoorLink:
         return len(sent) == batch
 
 
-class EventForwarder(logging.Handler):
-    """Forwards each audit line (one JSON record per message) to `DoorLink.publish_event`."""
-
-    def __init__(self, link: DoorLink) -> None:
-        super().__init__()
-        self.link = link
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.link.publish_event(json.loads(record.getMessage()))
-        except Exception:  # an event that cannot be queued must never stop the door; the audit file has it
-            self.handleError(record)
-
-
 class ReportingRelay:
     """Wraps the door's relay so Home Assistant's lock entity follows it (on = unlocked)."""
 
@@ -634,11 +622,10 @@ class ReportingRelay:
         self.link.set_lock_state(True)
 
 
-def start_door_link(config: LinkConfig, gallery: Path, audit: logging.Logger) -> DoorLink:
-    """The door lock's hook: a started DoorLink whose refusals and applies go to `audit`, and every audit line of
-    which (the door's decisions too) is published as an event."""
-    link = DoorLink(config, gallery, lambda record: audit.info(json.dumps(record)))
-    audit.addHandler(EventForwarder(link))
+def start_door_link(config: LinkConfig, gallery: Path, audit: AuditLog) -> DoorLink:
+    """The door lock's hook: a started DoorLink whose applies and refusals are audit records, and which publishes
+    every audit record (the door's decisions too) as an event."""
+    link = DoorLink(config, gallery, audit.write)
+    audit.listeners.append(link.publish_event)
     link.start()
     return link
-

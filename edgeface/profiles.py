@@ -126,10 +126,13 @@ class RuntimeConfig(_Table):
 
 @dataclass(frozen=True)
 class RecognitionConfig(_Table):
-    """Gallery matching: cosine similarity below `match_threshold` answers 'unknown'."""
+    """Gallery matching: cosine similarity below `match_threshold` answers 'unknown'. The door lock accepts a
+    track at the threshold that holds a stranger's chance of passing at `false_accept_rate` for the number of
+    people enrolled (edgeface.evidence), never below `match_threshold`."""
 
     match_threshold: float = _key(_between(-1, 1))
     top_k: int = _key(_at_least(1))
+    false_accept_rate: float = _key(_between(0, 0.5))
 
 
 @dataclass(frozen=True)
@@ -143,12 +146,13 @@ class CameraConfig(_Table):
 
 @dataclass(frozen=True)
 class DoorlockConfig(_Table):
-    """The door lock: unlock when one enrolled person matches in `votes` of the last `window` frames, pulse the
-    relay for `unlock_seconds`, then ignore faces for `cooldown_seconds`; after an error, retry after
+    """The door lock: a face is followed as a track, judged once it has been seen in `min_frames` frames (its
+    liveness is the mean over those frames), and ended after `max_misses` frames unseen; an accepted track pulses the
+    relay for `unlock_seconds`, then no track is judged for `cooldown_seconds`; after an error, retry after
     `backoff_seconds`, doubling up to `backoff_max_seconds`."""
 
-    votes: int = _key(_at_least(1))
-    window: int = _key(_must(lambda v: 1 <= v <= 100, "from 1 to 100"))
+    min_frames: int = _key(_must(lambda v: 1 <= v <= 100, "from 1 to 100"))
+    max_misses: int = _key(_must(lambda v: 0 <= v <= 100, "from 0 to 100"))
     unlock_seconds: float = _key(_must(lambda v: 0 < v <= 60, "greater than 0 and at most 60"))
     cooldown_seconds: float = _key(_must(lambda v: v >= 0, "at least 0"))
     relay_pin: int = _key(_must(lambda v: 0 <= v <= 27, "a BCM GPIO number from 0 to 27"))
@@ -157,8 +161,6 @@ class DoorlockConfig(_Table):
     backoff_max_seconds: float = _key(_POSITIVE)
 
     def _check_relations(self) -> None:
-        if self.votes > self.window:
-            raise _Invalid(f"must be at most doorlock.window ({self.window}), got {self.votes}", ".votes")
         if self.backoff_max_seconds < self.backoff_seconds:
             raise _Invalid(f"must be at least doorlock.backoff_seconds ({self.backoff_seconds}), "
                            f"got {self.backoff_max_seconds}", ".backoff_max_seconds")

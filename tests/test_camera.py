@@ -30,10 +30,37 @@ def test_folder_gives_rgb_frames_in_sorted_order(tmp_path: Path) -> None:
     assert tuple(frames[0][0, 0]) == RED
 
 
-def test_unreadable_image_is_a_camera_error(tmp_path: Path) -> None:
+def test_an_unreadable_image_is_reported_once_and_skipped(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(CameraError, match="a.jpg"):
-        list(FolderSource(tmp_path))
+    Image.new("RGB", (8, 6), RED).save(tmp_path / "b.png")
+    warnings: list[str] = []
+    source = FolderSource(tmp_path, warn=warnings.append)
+    frames = list(source)
+    assert len(frames) == 1 and tuple(frames[0][0, 0]) == RED
+    assert len(warnings) == 1 and "a.jpg" in warnings[0]
+
+
+def test_a_folder_never_replays_a_frame_it_gave(tmp_path: Path) -> None:
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (8, 6), RED).save(tmp_path / name)
+    source = FolderSource(tmp_path)
+    first = iter(source)
+    next(first)  # the consumer fails after one frame and opens the source again
+    assert len(list(source)) == 2 and list(source) == []
+
+
+def test_follow_takes_new_files_until_stopped(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 6), RED).save(tmp_path / "a.png")
+    given: list[np.ndarray] = []
+
+    def stopped() -> bool:
+        if len(given) == 1 and not (tmp_path / "b.png").exists():
+            Image.new("RGB", (8, 6), (0, 0, 255)).save(tmp_path / "b.png")  # arrives while the lock runs
+        return len(given) >= 2
+
+    for frame in FolderSource(tmp_path, follow=True, stopped=stopped):
+        given.append(frame)
+    assert [tuple(f[0, 0]) for f in given] == [RED, (0, 0, 255)]
 
 
 @pytest.mark.parametrize("spec", ["missing-folder", "/dev/video-none"])

@@ -87,3 +87,37 @@ def test_rebuilds_only_what_changed(manifest: Manifest, tmp_path: Path) -> None:
     rebuilt = _convert("--out", str(out), "--only", "pnet", *cache)
     assert "pnet: onnx2tf" in rebuilt.stderr, rebuilt.stderr[-2000:]
     assert (out / "pnet.int8.tflite").read_bytes() == original
+
+
+def _tree_with(tmp_path: Path, path: str, old: str, new: str) -> Path:
+    """A copy of the checkout's code with one edit in `path` (the edit must apply)."""
+    tree = tmp_path / "tree"
+    for folder in ("edgeface", "convert", "firmware_configs"):
+        shutil.copytree(ROOT / folder, tree / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    source = (tree / path).read_text()
+    assert old in source
+    (tree / path).write_text(source.replace(old, new))
+    return tree
+
+
+def _check(tree: Path, data: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "convert", "--check", "--cache", str(edgeface_home())], cwd=tree,
+                          capture_output=True, text=True, env={**os.environ, "EDGEFACE_DATA": str(data)}, timeout=900)
+
+
+def test_a_rename_in_a_runtime_file_rebuilds_nothing(manifest: Manifest, data: Path, tmp_path: Path) -> None:
+    """The build key follows the calibration tensors, not the runtime's source text (issue 15.1)."""
+    tree = _tree_with(tmp_path, "edgeface/align.py", "_points(", "_checked_points(")
+    done = _check(tree, data)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count(": up to date") == len(build.TARGETS)
+
+
+def test_a_runtime_change_that_moves_the_tensors_rebuilds_what_they_feed(manifest: Manifest, data: Path,
+                                                                         tmp_path: Path) -> None:
+    tree = _tree_with(tmp_path, "edgeface/align.py", "[38.2946, 51.6963]", "[38.7946, 51.6963]")  # one eye 0.5 px
+    done = _check(tree, data)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "mobilefacenet: would rebuild" in done.stderr
+    assert {"retinaface-640: up to date", "pnet: up to date", "antispoofing: up to date"} <= set(
+        line.split("] ", 1)[-1] for line in done.stderr.splitlines())

@@ -6,7 +6,6 @@ Without mosquitto the tests skip, except under CI=true, where that is a failure.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
@@ -27,6 +26,7 @@ from PIL import Image
 from edgeface.access import AccessRules
 from edgeface.analyzer import FaceAnalyzer
 from edgeface.cli import main
+from edgeface.doorlock import AuditLog
 from edgeface.errors import FleetError
 from edgeface.gallery import UNKNOWN, Gallery, Person
 from edgeface.manifest import Manifest
@@ -70,15 +70,6 @@ def keys(tmp_path: Path) -> Path:
     return tmp_path / "keys"
 
 
-class Collect(logging.Handler):
-    def __init__(self, records: list[dict[str, Any]]) -> None:
-        super().__init__()
-        self.records = records
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(json.loads(record.getMessage()))
-
-
 class Door:
     """An in-process door: its gallery, a DoorLink and the audit records it wrote."""
 
@@ -87,10 +78,10 @@ class Door:
         self.path = folder / f"{name}.db"
         self.gallery = Gallery(self.path, SHA, DIM)  # the door lock's own connection: it must see every apply
         self.audit: list[dict[str, Any]] = []
-        logger = logging.Logger(f"audit-{name}")  # as doorlock.run wires it: audit lines also become events
-        logger.addHandler(Collect(self.audit))
+        log = AuditLog(folder / f"{name}.jsonl")  # as doorlock.run wires it: audit records also become events
+        log.listeners.append(self.audit.append)
         self.link = fleet.start_door_link(fleet.LinkConfig(fleet.Broker.parse(url), name, trust, SITE), self.path,
-                                          logger)
+                                          log)
 
     def topic(self, leaf: str) -> str:
         return fleet.door_topic(SITE, self.name, leaf)
@@ -346,9 +337,6 @@ def enrolment(manifest: Manifest, data: Path, tmp_path_factory: pytest.TempPathF
     """A quick door profile (320 input, a track judged on its first frame and ended by one frame without it, no
     liveness: LFW photos are not webcam frames), the office gallery of PERSON (3 photos) and of one other person,
     and photos of both to show the doors."""
-    if "--follow" not in subprocess.run([str(EDGEFACE), "doorlock", "--help"], capture_output=True, text=True,
-                                        timeout=60).stdout:
-        pytest.skip("needs 'edgeface doorlock --source DIR --follow' (main)")
     root = tmp_path_factory.mktemp("fleet-doors")
     profile = root / "door.toml"
     profile.write_text((PROFILE_DIR / "rpi4.toml").read_text()

@@ -31,13 +31,14 @@ precision = "int8"
 [recognition]
 match_threshold = 0.5
 top_k = 1
+false_accept_rate = 0.001
 [camera]
 width = 1280
 height = 720
 fps = 15
 [doorlock]
-votes = 3
-window = 5
+min_frames = 4
+max_misses = 5
 unlock_seconds = 3.0
 cooldown_seconds = 5.0
 relay_pin = 17
@@ -80,7 +81,7 @@ def test_shipped_profiles_all_load() -> None:
         assert profile.detector.input_size in (320, 640)
         assert profile.mtcnn.thresholds == (0.6, 0.7, 0.7)
         assert profile.recognition.match_threshold == 0.5
-        assert profile.doorlock.votes <= profile.doorlock.window
+        assert profile.doorlock.min_frames >= 2 and profile.recognition.false_accept_rate <= 0.01
         # Every expected latency says where it comes from: a measurement here, or a cited and derived figure.
         assert profile.expected is not None and profile.expected.latency_ms > 0, profile.name
         source = profile.expected.source
@@ -142,14 +143,16 @@ def test_missing_file(tmp_path: Path) -> None:
     (edited("[0.6, 0.7, 0.7]", "[0.6, 1.2, 0.7]"), "mtcnn.thresholds[1]", "must be between 0 and 1, got 1.2"),
     (edited("[0.6, 0.7, 0.7]", "[0.6, 0.7]"), "mtcnn.thresholds", "must be an array of 3 numbers"),
     (edited("min_face = 20", "min_face = 700"), "mtcnn.min_face", "at most mtcnn.input_size"),
-    (edited("votes = 3", "votes = 6"), "doorlock.votes", "must be at most doorlock.window (5), got 6"),
+    (edited("min_frames = 4", "min_frames = 0"), "doorlock.min_frames", "must be from 1 to 100, got 0"),
+    (edited("false_accept_rate = 0.001", "false_accept_rate = 0.7"), "recognition.false_accept_rate",
+     "must be between 0 and 0.5, got 0.7"),
     (edited("relay_pin = 17", "relay_pin = 40"), "doorlock.relay_pin", "a BCM GPIO number from 0 to 27, got 40"),
     (edited("relay_active_high = true", "relay_active_high = 1"), "doorlock.relay_active_high",
      "must be a boolean, got integer 1"),
     (edited("unlock_seconds = 3.0", "unlock_seconds = 0"), "doorlock.unlock_seconds", "greater than 0"),
     (edited("backoff_max_seconds = 30.0", "backoff_max_seconds = 0.5"), "doorlock.backoff_max_seconds",
      "must be at least doorlock.backoff_seconds"),
-    (edited("window = 5", "window = 5\nframes = 2"), "doorlock.frames", "unknown key"),
+    (edited("max_misses = 5", "max_misses = 5\nvotes = 3"), "doorlock.votes", "unknown key"),
     (edited("required = true", "required = true\nthreshold = 1.5"), "liveness.threshold",
      "must be between 0 and 1, got 1.5"),
     (edited("required = true", 'required = "yes"'), "liveness.required", 'must be a boolean, got string "yes"'),

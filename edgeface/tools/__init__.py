@@ -1,0 +1,1 @@
+"""Workstation tools (fitting, measuring): never imported by the device commands."""
