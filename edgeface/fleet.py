@@ -450,7 +450,7 @@ class DoorLink:
         self._sender.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Say offline, flush what can be sent within `timeout`, disconnect."""
+        """Say offline (within `timeout`) and disconnect; events not yet delivered stay queued for the next start."""
         if self._connected.is_set():
             try:
                 self._client.publish(self._topics["availability"], "offline", qos=1,
