@@ -61,8 +61,8 @@ DEFAULT_PORT = 1883
 QUEUE_LIMIT = 10_000
 """Events kept on disk while the broker is away; past it the oldest go first."""
 REPORT_FIELDS = ("version", "offered", "added", "removed", "updated", "unchanged", "status", "error", "time")
-EVENT_TYPES = ("recognised", "unknown", "spoof", "refused", "error", "stopped", "bundle_applied", "bundle_refused",
-               "remote_unlock_refused")
+EVENT_TYPES = ("recognised", "unknown", "spoof", "refused", "error", "relay_error", "stopped", "bundle_applied",
+               "bundle_refused", "remote_unlock_refused")
 """The Home Assistant event entity's types: a decision's own name, but unlock -> recognised, not_live -> spoof."""
 _EVENT_TYPE = {"unlock": "recognised", "not_live": "spoof"}
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
