@@ -4,7 +4,8 @@ Imported only when the fleet is used; it needs the `fleet` extra (paho-mqtt, cry
 a door named with letters, digits, '_' and '-':
 
     edgeface/<site>/gallery               retained  the signed bundle (`edgeface fleet publish`)
-    edgeface/<site>/<door>/gallery        retained  the door's report on the last bundle (REPORT_FIELDS)
+    edgeface/<site>/<door>/gallery        retained  the door's report on the last bundle: version, offered, added,
+                                                    removed, updated, unchanged, status, error, time
     edgeface/<site>/<door>/availability   retained  online / offline (the last will)
     edgeface/<site>/<door>/event          QoS 1     each audit record plus door, seq and event_type
     edgeface/<site>/<door>/state          retained  {"lock", "last_person", "last_event"}
@@ -60,7 +61,6 @@ DEFAULT_SITE = "home"
 DEFAULT_PORT = 1883
 QUEUE_LIMIT = 10_000
 """Events kept on disk while the broker is away; past it the oldest go first."""
-REPORT_FIELDS = ("version", "offered", "added", "removed", "updated", "unchanged", "status", "error", "time")
 EVENT_TYPES = ("recognised", "unknown", "spoof", "refused", "error", "relay_error", "stopped", "bundle_applied",
                "bundle_refused", "remote_unlock_refused")
 """The Home Assistant event entity's types: a decision's own name, but unlock -> recognised, not_live -> spoof."""
