@@ -494,3 +494,29 @@ def test_a_real_door_decides_offline_refuses_the_expired_and_delivers_later(
     assert [e["decision"] for e in decisions] == ["unlock", "refused"]  # in the order decided, none lost
     assert all(e["door"] == "front" for e in decisions)
     events.close()
+
+
+def test_a_real_door_never_lets_in_a_face_from_a_forged_bundle(
+        tmp_path: Path, broker: LocalBroker, keys: Path, enrolment: dict[str, Any],
+        door_processes: list[DoorProcess]) -> None:
+    other = enrolment["other"]
+    version = publish(broker, keys, office_of(tmp_path / "office.db", enrolment, [other]))
+    door = DoorProcess(tmp_path, "back", enrolment["profile"], broker.url, keys / "fleet.pub")
+    door_processes.append(door)
+    watcher = Watcher(broker.url, [fleet.door_topic(SITE, "back", "gallery")])
+    watcher.wait(lambda: any(r["version"] == version for r in watcher.json(fleet.door_topic(SITE, "back", "gallery"))),
+                 90)
+    fleet.keygen(tmp_path / "intruder")
+    intruder = fleet.load_private_key(tmp_path / "intruder" / "fleet.key")
+    mallory = [Person("mallory", enrolment["embeddings"][PERSON]), Person(other, enrolment["embeddings"][other])]
+    forged = fleet.sign_bundle(fleet.make_bundle(mallory, enrolment["model"], enrolment["dim"], SITE, version + 1),
+                               intruder)
+    watcher.client.publish(fleet.gallery_topic(SITE), forged, qos=1, retain=True).wait_for_publish(10)
+    watcher.wait(lambda: any(r["status"] == "refused" and "bad signature" in r["error"]
+                             for r in watcher.json(fleet.door_topic(SITE, "back", "gallery"))))
+    door.visit(enrolment["person"][:2])  # PERSON's face, which the forged bundle calls mallory
+    [unknown] = door.wait_decision("unknown")
+    [refusal] = door.wait_decision("bundle_refused")  # the audit line
+    assert unknown["identity"] in (None, UNKNOWN) and "bad signature" in refusal["error"]
+    assert [d for d in door.decisions() if d["decision"] == "unlock"] == []
+    watcher.close()
