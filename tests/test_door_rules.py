@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from edgeface.doorlock import AuditLog, DoorLock, GalleryWatch, Session
-from edgeface.evidence import AcceptRules, ImpostorModel, accept_threshold
+from edgeface.evidence import IMPOSTORS, AcceptRules, ImpostorModel, accept_threshold
 from edgeface.gallery import Gallery
 from edgeface.profiles import load_profile
 from edgeface.tracker import StreamFrame, Track, View
@@ -24,8 +24,8 @@ from edgeface.tracker import StreamFrame, Track, View
 MODEL, DIM = "b2" * 32, 16
 CONFIG = replace(load_profile("rpi4").doorlock, min_frames=4, unlock_seconds=0.001, cooldown_seconds=0.0,
                  backoff_seconds=0.001, backoff_max_seconds=0.002)
-RULES = AcceptRules(min_frames=4, false_accept_rate=0.001, floor=0.5, impostor=ImpostorModel(0.0, 0.1, "test"),
-                    liveness_threshold=0.5)
+RULES = AcceptRules(min_frames=4, false_accept_rate=0.001, floor=0.5,
+                    impostor=ImpostorModel((0.0,), 0.1, "test"), liveness_threshold=0.5)
 LIVE, SPOOF = 3.0, -3.0  # liveness logits
 
 
@@ -200,10 +200,19 @@ def test_a_deleted_gallery_refuses_everyone_and_says_so(gallery_path: Path, tmp_
 
 @pytest.mark.parametrize("people", [1, 10, 100, 1000])
 def test_the_accept_threshold_holds_the_false_accept_rate_as_the_gallery_grows(people: int) -> None:
-    impostor = ImpostorModel(0.1, 0.12, "test")
+    """Strangers drawn as the model says (an offset of their own, then one normal score per enrolled person)."""
+    impostor = ImpostorModel((0.0, 0.05, 0.1, 0.2), 0.12, "test")
     threshold = accept_threshold(people, 0.01, impostor, floor=-1.0)
-    strangers = np.random.default_rng(people).normal(impostor.mean, impostor.std, size=(20_000, people))
+    rng = np.random.default_rng(people)
+    offsets = rng.choice(impostor.offsets, size=(20_000, 1))
+    strangers = offsets + rng.normal(0.0, impostor.spread, size=(20_000, people))
     passed = float((strangers.max(axis=1) >= threshold).mean())
     assert passed == pytest.approx(0.01, abs=0.004)
     assert threshold > accept_threshold(max(1, people // 10), 0.01, impostor, floor=-1.0) or people == 1
     assert accept_threshold(people, 0.01, impostor, floor=0.9) == 0.9
+
+
+def test_the_shipped_threshold_rises_with_the_household() -> None:
+    impostor = IMPOSTORS["int8"]
+    thresholds = [accept_threshold(n, 0.001, impostor, floor=0.0) for n in (1, 5, 20, 100, 1000)]
+    assert thresholds == sorted(thresholds) and thresholds[0] > 0.4 and thresholds[-1] < 0.9

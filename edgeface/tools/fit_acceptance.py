@@ -2,8 +2,9 @@
 
 `python -m edgeface.tools.fit_acceptance [--data DIR]`: embeds the largest face of every `celeba_dev` photo with
 each precision's pipeline, splits the identities in two halves (even / odd ids), fits a normal to the upper tail of
-one half's impostor scores (a photo of one person against another person's 3 enrolment photos, best of 3, matched
-at the 99th and 99.99th percentiles), and on the other half measures how often strangers pass the threshold
+one half's impostor scores (a photo of one person against another person's 3 enrolment photos, best of 3: each
+photo's own offset, then a normal matched at the residuals' 99th and 99.99th percentiles), and on the other half
+measures how often strangers pass the threshold
 `accept_threshold(N)` for N people enrolled, against the target, and how often enrolled people pass; then the
 other way round. It prints both directions and the model fitted on all identities (the one to ship).
 """
@@ -22,7 +23,8 @@ from edgeface.evidence import ImpostorModel, accept_threshold
 
 ENROLL = 3
 TAIL = (0.99, 0.9999)
-GALLERY_SIZES = (5, 10, 20, 40)
+OFFSETS = 20
+GALLERY_SIZES = (5, 10, 20, 35)
 TARGETS = (0.01, 0.001)
 DRAWS = 20
 SEED = 20261201
@@ -58,16 +60,24 @@ def per_person_scores(vectors: np.ndarray, enrolled: dict[int, np.ndarray], prob
 
 
 def fit(vectors: np.ndarray, labels: np.ndarray, people: np.ndarray, name: str) -> ImpostorModel:
-    """The normal matching the impostor scores among `people` at the TAIL percentiles."""
-    enrolled, probes = enrolment(labels, people)
-    scores = per_person_scores(vectors, enrolled, probes)
+    """The impostor model of the scores of every photo against the enrolled `people` who are not in it: each
+    photo's mean score is its offset (OFFSETS quantiles kept), and a normal matched to the residuals' TAIL
+    percentiles (shifting the offsets by its centre) is the spread."""
+    enrolled, _ = enrolment(labels, people)
     owners = np.array(list(enrolled))
-    impostor = scores[labels[probes][:, None] != owners[None, :]]
-    low, high = np.quantile(impostor, TAIL)
+    scores = per_person_scores(vectors, enrolled, np.arange(len(labels)))
+    offsets, residuals = [], []
+    for row, label in zip(scores, labels):
+        others = row[owners != label]
+        offsets.append(others.mean())
+        residuals.append(others - others.mean())
+    low, high = np.quantile(np.concatenate(residuals), TAIL)
     z_low, z_high = (NormalDist().inv_cdf(p) for p in TAIL)
-    std = (high - low) / (z_high - z_low)
-    return ImpostorModel(round(float(low - std * z_low), 4), round(float(std), 4),
-                         f"{name}: {len(enrolled)} people x {ENROLL} photos, {impostor.size} impostor scores")
+    spread = (high - low) / (z_high - z_low)
+    centre = low - spread * z_low
+    quantiles = np.quantile(np.array(offsets) + centre, (np.arange(OFFSETS) + 0.5) / OFFSETS)
+    return ImpostorModel(tuple(round(float(q), 4) for q in quantiles), round(float(spread), 4),
+                         f"{name}: {len(labels)} photos x {len(enrolled)} people enrolled with {ENROLL} photos")
 
 
 def check(vectors: np.ndarray, labels: np.ndarray, people: np.ndarray, model: ImpostorModel,
@@ -109,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         halves = {"even ids": ids[ids % 2 == 0], "odd ids": ids[ids % 2 == 1]}
         for (tune, tuned), (judge, judged) in ((a, b) for a in halves.items() for b in halves.items() if a != b):
             model = fit(vectors, labels, tuned, tune)
-            print(f"{precision}: fitted on {tune} (mean {model.mean}, std {model.std}), judged on {judge}:")
+            print(f"{precision}: fitted on {tune} (spread {model.spread}), judged on {judge}:")
             print("  enrolled  target  threshold  strangers passed  enrolled passed")
             for row in check(vectors, labels, judged, model, args.floor):
                 print(f"  {row['enrolled']:8d}  {row['target']:6.3f}  {row['threshold']:9.3f}  "

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,8 +38,9 @@ class Visit:
     frames: int
     seconds: float
     embeddings: int
-    unlock_frame: int | None  # index of the frame that opened the door
+    unlock_frame: int | None  # index of the frame that first opened the door
     unlock_seconds: float | None  # from the first frame to that unlock
+    unlocked: list[str]  # who each unlock let in
 
     def to_dict(self) -> dict[str, float | int | None]:
         """The report's numbers for this visit."""
@@ -47,12 +49,9 @@ class Visit:
                 "unlock_ms": None if self.unlock_seconds is None else 1000 * self.unlock_seconds}
 
 
-class _CountingRelay:
-    def __init__(self) -> None:
-        self.pulses = 0
-
+class _NoRelay:
     def on(self) -> None:
-        self.pulses += 1
+        """Nothing to switch (the unlocks are read from the audit records)."""
 
     def off(self) -> None:
         """Nothing to switch."""
@@ -65,8 +64,7 @@ def per_frame_visit(analyzer: FaceAnalyzer, gallery: Gallery, frames: list[np.nd
     """The per-frame loop of stop 10 over `frames` (see the module docstring)."""
     threshold = analyzer.profile.recognition.match_threshold
     votes: deque[str | None] = deque(maxlen=PER_FRAME_WINDOW)
-    embeddings, unlock, started = 0, None, time.perf_counter()
-    unlock_at = None
+    embeddings, unlock, unlock_at, unlocked, started = 0, None, None, [], time.perf_counter()
     for index, frame in enumerate(frames):
         faces = analyzer.detect(frame)
         name = None
@@ -78,17 +76,21 @@ def per_frame_visit(analyzer: FaceAnalyzer, gallery: Gallery, frames: list[np.nd
             live = analyzer.liveness_scorer.is_live(analyzer.liveness_scorer.score(frame, face.box))
             name = identity if live and identity != UNKNOWN else None
         votes.append(name)
-        if unlock is None and name is not None and votes.count(name) >= PER_FRAME_VOTES:
-            unlock, unlock_at = index, time.perf_counter() - started
+        if name is not None and votes.count(name) >= PER_FRAME_VOTES:
+            if unlock is None:
+                unlock, unlock_at = index, time.perf_counter() - started
+            unlocked.append(name)
             votes.clear()
-    return Visit(len(frames), time.perf_counter() - started, embeddings, unlock, unlock_at)
+    return Visit(len(frames), time.perf_counter() - started, embeddings, unlock, unlock_at, unlocked)
 
 
 def tracked_visit(profile: Profile, analyzer: FaceAnalyzer, gallery: Gallery, frames: list[np.ndarray]) -> Visit:
-    """The door lock's own decisions over a tracked stream of `frames`, with a relay that only counts."""
-    relay = _CountingRelay()
+    """The door lock's own decisions over a tracked stream of `frames` (no relay, no pulse, no cooldown)."""
     config = replace(profile.doorlock, unlock_seconds=0.0, cooldown_seconds=0.0)
-    door = DoorLock(config, accept_rules(profile, analyzer), relay, AuditLog(Path("/dev/null")))
+    door = DoorLock(config, accept_rules(profile, analyzer), _NoRelay(), AuditLog(Path("/dev/null")))
+    unlocked: list[str] = []
+    door.audit.listeners.append(lambda record: unlocked.append(str(record["identity"]))
+                                if record["decision"] == "unlock" else None)
     stream = FaceStream(analyzer, TrackerConfig(max_misses=config.max_misses),
                         config.min_frames if profile.liveness.required else 0)
     embeddings, unlock, unlock_at, started = 0, None, None, time.perf_counter()
@@ -96,17 +98,19 @@ def tracked_visit(profile: Profile, analyzer: FaceAnalyzer, gallery: Gallery, fr
         result = stream.step(frame)
         embeddings += result.embedded
         door.decide(result, lambda: gallery)
-        if unlock is None and relay.pulses:
+        if unlock is None and unlocked:
             unlock, unlock_at = index, time.perf_counter() - started
+    for result in stream.run([]):  # the tracks still open when the frames end
+        door.decide(result, lambda: gallery)
     door.audit.close()
-    return Visit(len(frames), time.perf_counter() - started, embeddings, unlock, unlock_at)
+    return Visit(len(frames), time.perf_counter() - started, embeddings, unlock, unlock_at, unlocked)
 
 
-def nuaa_visits(root: Path) -> Iterator[tuple[str, list[Path]]]:
-    """(person, their live frames in capture order) for each nuaa_dev person."""
+def nuaa_visits(root: Path, label: str = "live") -> Iterator[tuple[str, list[Path]]]:
+    """(person, their `label` frames ('live' or 'spoof') in capture order) for each nuaa_dev person."""
     rows = list(csv.DictReader((root / "labels.csv").open()))
     for subject in sorted({row["subject"] for row in rows}):
-        paths = [root / row["file"] for row in rows if row["subject"] == subject and row["label"] == "live"]
+        paths = [root / row["file"] for row in rows if row["subject"] == subject and row["label"] == label]
         yield subject, sorted(paths, key=lambda p: tuple(int(part) for part in p.stem.split("_")[2:]))
 
 
@@ -135,3 +139,21 @@ def stream_bench(profile: Profile, root: Path, gallery_path: Path) -> dict[str, 
     speedup = summary["tracked"]["frames_per_second"] / summary["per_frame"]["frames_per_second"]
     return {"profile": profile.name, "input_size": analyzer.input_size, "liveness": profile.liveness.required,
             "summary": summary, "tracked_speedup": speedup, "people": people}
+
+
+def stream_markdown(report: dict[str, Any]) -> list[str]:
+    """The stream section of the bench report."""
+    tracked, per_frame = report["summary"]["tracked"], report["summary"]["per_frame"]
+    lines = ["", f"## The door's stream ({report['profile']}, input {report['input_size']}, liveness "
+             f"{'on' if report['liveness'] else 'off'}; nuaa_dev visits: each person's live frames in capture order)",
+             "", "| loop | frames | ms / frame | frames / s | embeddings / frame |", "|---|---|---|---|---|"]
+    for name, row in (("tracked door", tracked), ("per-frame loop (stop 10)", per_frame)):
+        lines.append(f"| {name} | {row['frames']} | {row['ms_per_frame']:.1f} | {row['frames_per_second']:.1f} | "
+                     f"{row['embeddings_per_frame']:.2f} |")
+    lines += ["", f"Tracked / per-frame frames per second: {report['tracked_speedup']:.2f}x.", "",
+              "| person | tracked: unlock at frame (ms) | per-frame: unlock at frame (ms) |", "|---|---|---|"]
+    for person, loops in report["people"].items():
+        cells = [f"{v['unlock_frame']} ({v['unlock_ms']:.0f})" if v["unlock_frame"] is not None else "not admitted"
+                 for v in (loops["tracked"], loops["per_frame"])]
+        lines.append(f"| {person} | {cells[0]} | {cells[1]} |")
+    return lines
