@@ -36,7 +36,6 @@ from edgeface.interpreter import TFLiteModel, _runtime
 from edgeface.manifest import Manifest, edgeface_home, model_key
 from edgeface.profiles import Profile, available_profiles, load_profile
 from edgeface.retinaface import RetinaFace
-from edgeface.tools.stream_bench import stream_bench, stream_markdown
 
 PRECISIONS = ("int8", "float")
 STAGES = ("decode image", "letterbox", "detector invoke", "decode+NMS", "align", "embed", "match")
@@ -331,6 +330,8 @@ def bench(profile: Profile, photos: list[Path], repeats: int, say: Callable[[str
     stream = None
     data = data_dir()
     if data is not None and (data / "nuaa_dev" / "labels.csv").is_file():
+        from edgeface.tools.stream_bench import stream_bench
+
         say("bench: the door's stream on nuaa_dev visits, tracked and per frame")
         with tempfile.TemporaryDirectory() as scratch:
             stream = stream_bench(profile, data / "nuaa_dev", Path(scratch) / "door.db")
@@ -411,6 +412,8 @@ def markdown(report: dict[str, Any]) -> str:
               "", "## Gallery match, one face (ms)", "", "| identities | p50 | p90 |", "|---|---|---|"]
     lines += [f"| {r['identities']:,} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} |" for r in report["gallery"]]
     if report["stream"]:
+        from edgeface.tools.stream_bench import stream_markdown
+
         lines += stream_markdown(report["stream"])
     return "\n".join(lines) + "\n"
 

@@ -345,6 +345,16 @@ def accept_rules(profile: Profile, analyzer: FaceAnalyzer) -> AcceptRules:
                        profile.recognition.match_threshold, IMPOSTORS[analyzer.precision], threshold)
 
 
+def door_stream(profile: Profile, analyzer: FaceAnalyzer, rules: AcceptRules,
+                gallery: Galleries | None) -> FaceStream:
+    """The tracked stream the door decides on: the profile's track ending, liveness scored on `min_frames` frames
+    of the tracks that match someone in the gallery (of every track without a gallery)."""
+    config = profile.doorlock
+    return FaceStream(analyzer, TrackerConfig(max_misses=config.max_misses),
+                      config.min_frames if profile.liveness.required else 0,
+                      (lambda track: True) if gallery is None else lambda track: rules.candidate(track, gallery()))
+
+
 def run(profile: Profile, gallery: Path, source: str, *, relay_pin: int | None = None,
         audit_log: Path | None = None, dry_run: bool = False, follow: bool = False,
         fleet: LinkConfig | None = None) -> int:
@@ -379,10 +389,8 @@ def run(profile: Profile, gallery: Path, source: str, *, relay_pin: int | None =
             watch.current()
             if frames is None:  # a folder or a video resumes where it stopped; only a lost camera is opened anew
                 frames = open_source(source, profile.camera, follow=follow, stopped=lambda: lock.stopped, warn=warn)
-            stream = FaceStream(analyzer, TrackerConfig(max_misses=config.max_misses),
-                                config.min_frames if profile.liveness.required else 0)
             try:
-                yield stream.run(frames), watch.current
+                yield door_stream(profile, analyzer, rules, watch.current).run(frames), watch.current
             except CameraError:
                 frames.close()
                 frames = None

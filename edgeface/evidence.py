@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgeface.detection import sigmoid
 from edgeface.gallery import UNKNOWN, Gallery
 from edgeface.tracker import Track
 
@@ -76,17 +77,6 @@ class Verdict:
     reason: str | None = None
 
 
-def logit(p: float) -> float:
-    """log(p / (1 - p)), with p kept inside (0, 1)."""
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return math.log(p / (1 - p))
-
-
-def sigmoid(z: float) -> float:
-    """The inverse of `logit`."""
-    return 1.0 / (1.0 + math.exp(-z))
-
-
 @dataclass(frozen=True)
 class AcceptRules:
     """The door's accept rule, from the profile (see the module docstring)."""
@@ -115,11 +105,16 @@ class AcceptRules:
         name = max(totals, key=totals.__getitem__)
         return name, totals[name] / len(track.views)
 
+    def candidate(self, track: Track, gallery: Gallery) -> bool:
+        """Whether the track matches someone enrolled at the floor at least (only then is its liveness worth
+        scoring: nobody else can open the door)."""
+        return self.identity(track, gallery)[1] >= self.floor
+
     def liveness(self, track: Track) -> float | None:
         """P(live) of the mean logit over the first `min_frames` scored frames (None before there are that many)."""
         if len(track.liveness_logits) < self.min_frames:
             return None
-        return sigmoid(float(np.mean(track.liveness_logits[:self.min_frames])))
+        return float(sigmoid(np.mean(track.liveness_logits[:self.min_frames])))
 
     def judge(self, track: Track, gallery: Gallery) -> Verdict:
         """The verdict on a track now; 'wait' until it has `min_frames` frames (and liveness scores)."""

@@ -12,7 +12,7 @@ of its best views, liveness logits); what it means for a door is `edgeface.evide
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -193,35 +193,36 @@ class FaceStream:
     """Detect, track, embed better views and (optionally) score liveness over a stream of RGB frames.
 
     `liveness_frames` > 0 scores each confirmed track's liveness on that many of its frames (then stops: the
-    evidence is in), as logits log(p / (1 - p)) of the analyzer's liveness scorer.
+    evidence is in), as the liveness scorer's logits; with `liveness_wanted`, only the tracks it accepts (the door
+    spends liveness only on faces that match someone enrolled).
     """
 
-    def __init__(self, analyzer: FaceAnalyzer, config: TrackerConfig = TrackerConfig(),
-                 liveness_frames: int = 0) -> None:
+    def __init__(self, analyzer: FaceAnalyzer, config: TrackerConfig = TrackerConfig(), liveness_frames: int = 0,
+                 liveness_wanted: Callable[[Track], bool] = lambda track: True) -> None:
         self.analyzer = analyzer
         self.tracker = FaceTracker(config)
         self.liveness_frames = liveness_frames
+        self.liveness_wanted = liveness_wanted
 
     def step(self, frame: np.ndarray) -> StreamFrame:
         """One frame through the pipeline."""
         faces = self.analyzer.detect(frame)
         tracks, ended = self.tracker.update(faces)
         cfg = self.tracker.config
+        seen = [track for track in tracks if track.face is not None and track.confirmed]
         wanted: list[tuple[Track, float]] = []
-        for track in tracks:
-            if track.face is None or not track.confirmed:
-                continue
+        for track in seen:
             quality = view_quality(frame, track.face)
             if not track.views or quality > track.best_quality * cfg.better_view:
                 wanted.append((track, quality))
-            if len(track.liveness_logits) < self.liveness_frames:
-                p = min(max(self.analyzer.liveness_scorer.score(frame, track.face.box), 1e-6), 1 - 1e-6)
-                track.liveness_logits.append(math.log(p / (1 - p)))
         if wanted:
             embedded = self.analyzer.embed_faces(frame, [track.face for track, _ in wanted])
             for (track, quality), face in zip(wanted, embedded):
                 track.views.append(View(self.tracker.frame, quality, face.embedding))
                 track.views = sorted(track.views, key=lambda v: -v.quality)[:cfg.max_views]
+        for track in seen:
+            if len(track.liveness_logits) < self.liveness_frames and self.liveness_wanted(track):
+                track.liveness_logits.append(self.analyzer.liveness_scorer.logit(frame, track.face.box))
         return StreamFrame(self.tracker.frame, tracks, ended, len(wanted))
 
     def run(self, frames: Iterable[np.ndarray]) -> Iterator[StreamFrame]:

@@ -14,16 +14,16 @@ from pathlib import Path
 
 from edgeface.analyzer import FaceAnalyzer
 from edgeface.camera import open_source
-from edgeface.doorlock import GalleryWatch, accept_rules
+from edgeface.doorlock import GalleryWatch, accept_rules, door_stream
+from edgeface.evidence import AcceptRules
 from edgeface.gallery import UNKNOWN
 from edgeface.profiles import Profile
-from edgeface.tracker import FaceStream, StreamFrame, TrackerConfig
+from edgeface.tracker import StreamFrame
 
 
-def events(stream: Iterator[StreamFrame], gallery: GalleryWatch | None, analyzer: FaceAnalyzer,
-           profile: Profile) -> Iterator[dict[str, object]]:
+def events(stream: Iterator[StreamFrame], gallery: GalleryWatch | None,
+           rules: AcceptRules) -> Iterator[dict[str, object]]:
     """The track events of a tracked stream (see the module docstring), judged by the door's rules."""
-    rules = accept_rules(profile, analyzer)
     for result in stream:
         for track in result.tracks:
             if not track.confirmed:
@@ -73,11 +73,11 @@ def run(profile: Profile, source: str, gallery: Path | None, as_json: bool, foll
     def warn(text: str) -> None:
         print(f"edgeface: {text}", file=sys.stderr, flush=True)
 
-    liveness_frames = profile.doorlock.min_frames if profile.liveness.required else 0
-    stream = FaceStream(analyzer, TrackerConfig(max_misses=profile.doorlock.max_misses), liveness_frames)
+    rules = accept_rules(profile, analyzer)
+    stream = door_stream(profile, analyzer, rules, None if watch is None else watch.current)
     try:
         with open_source(source, profile.camera, follow=follow, warn=warn) as frames:
-            for event in events(stream.run(frames), watch, analyzer, profile):
+            for event in events(stream.run(frames), watch, rules):
                 print(json.dumps(event) if as_json else _text(event), flush=True)
     finally:
         if watch is not None:

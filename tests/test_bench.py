@@ -93,3 +93,16 @@ def test_against_the_bench_venv(manifest: Manifest, data: Path) -> None:
     for row in rows:
         assert row["faces"] > 0 and row["total_s"] > 0
         assert row["times_edgeface"]["float"] == pytest.approx(2 * row["times_edgeface"]["int8"], rel=0.05)
+
+
+def test_the_tracked_door_embeds_far_less_and_lets_the_same_people_in(data: Path, manifest: Manifest,
+                                                                       tmp_path: Path) -> None:
+    from edgeface.tools.stream_bench import stream_bench, stream_markdown
+
+    report = stream_bench(load_profile("rpi4"), data / "nuaa_dev", tmp_path / "door.db", people=3)
+    tracked, per_frame = report["summary"]["tracked"], report["summary"]["per_frame"]
+    assert tracked["frames"] == per_frame["frames"] > 50
+    assert per_frame["embeddings_per_frame"] > 0.9 and tracked["embeddings_per_frame"] < 0.3
+    for person, loops in report["people"].items():
+        assert loops["tracked"]["unlock_frame"] is not None, person
+    assert any("Tracked / per-frame frames per second" in line for line in stream_markdown(report))

@@ -8,16 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgeface.detection import sigmoid
 from edgeface.images import load_image
 from edgeface.liveness import Liveness, face_square, log_sharpness
 from edgeface.manifest import Manifest
+from edgeface.tools.fit_liveness import (LIVE_REJECT, fit_logistic, fit_weights, held_out_folds,
+                                         read_samples, windows)
 
 PER_CLASS = 8
 
 
 @pytest.fixture(scope="module")
 def frames(data: Path, manifest: Manifest) -> list[tuple[np.ndarray, tuple[float, ...], bool]]:
-    """(frame, largest face box, is_live) for PER_CLASS live and PER_CLASS attack frames spread over the 5 people."""
+    """(frame, largest face box, is_live) for PER_CLASS live and PER_CLASS attack frames spread over the 8 people."""
     from edgeface.analyzer import FaceAnalyzer
 
     labels = data / "nuaa_dev" / "labels.csv"
@@ -47,6 +50,15 @@ def test_face_square_is_inside_the_image() -> None:
     assert face_square((0, 0, 900, 900), 640, 480) == (160.0, 0.0, 480.0)
 
 
+def test_sharpness_reads_the_face_square_not_only_the_box() -> None:
+    """A narrow box on a flat half: its square reaches into the textured half, and the sharpness sees it."""
+    rng = np.random.default_rng(0)
+    image = np.full((200, 400, 3), 128, np.uint8)
+    image[:, 200:] = rng.integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    flat, reaching = (60, 50, 100, 150), (150, 50, 190, 150)  # both boxes lie on the flat half
+    assert log_sharpness(image, reaching) > log_sharpness(image, flat) + 5.0
+
+
 def test_blur_lowers_sharpness(frames: list) -> None:
     from PIL import Image, ImageFilter
 
@@ -66,8 +78,18 @@ def test_live_faces_outscore_printed_photos(manifest: Manifest, frames: list, pr
     assert (decisions == live).mean() >= 0.8
 
 
+def test_logit_is_the_score_on_the_logit_scale(manifest: Manifest, frames: list) -> None:
+    """The door lock averages `logit`s against `threshold_logit`: both must mean what `score`/`is_live` mean."""
+    liveness = scorer(manifest, "int8")
+    for image, box, _ in frames[::4]:
+        z = liveness.logit(image, box)
+        assert liveness.score(image, box) == pytest.approx(float(sigmoid(z)), abs=1e-12)
+        assert liveness.is_live(liveness.score(image, box)) == (z >= liveness.threshold_logit)
+    assert float(sigmoid(liveness.threshold_logit)) == pytest.approx(liveness.threshold)
+
+
 def test_int8_leaf_logits_follow_float(manifest: Manifest, frames: list) -> None:
-    """Measured on all 335 NUAA frames: correlation 0.97, mean |difference| 0.15 (int8 reads lower: its own weights)."""
+    """Measured on all 539 NUAA frames: correlation 0.95, mean |difference| 0.14 (int8 reads lower: its own weights)."""
     float_model, int8_model = scorer(manifest, "float"), scorer(manifest, "int8")
     a = np.array([float_model.leaf_logits(image, box).mean() for image, box, _ in frames])
     b = np.array([int8_model.leaf_logits(image, box).mean() for image, box, _ in frames])
@@ -112,3 +134,48 @@ def test_cli_liveness_lines(data: Path, manifest: Manifest, capsys: pytest.Captu
     for face in record["faces"]:
         assert 0.0 <= face["liveness"] <= 1.0 and face["live"] == (face["liveness"] >= Liveness.load(
             manifest, "int8").threshold)
+
+
+def test_held_out_folds_never_train_on_the_held_out_person() -> None:
+    subjects = ["b", "a", "c", "a", "b", "b", "c"]
+    folds = list(held_out_folds(subjects))
+    assert [person for person, _, _ in folds] == ["a", "b", "c"]
+    for person, train, held in folds:
+        assert held.tolist() == [s == person for s in subjects]
+        assert person not in {s for s, t in zip(subjects, train) if t}
+        assert (train ^ held).all()
+
+
+def test_windows_are_consecutive_frames_of_one_person_and_label(data: Path) -> None:
+    samples = read_samples(data / "nuaa_dev")
+    assert len({s.subject for s in samples}) == 8
+    frame = [int(Path(s.file).stem.rsplit("_", 1)[1]) for s in samples]
+    tracks = windows(samples, 8)
+    for track in tracks:
+        assert len(track) == 8 and len({(samples[i].subject, samples[i].live) for i in track}) == 1
+        assert (np.diff(track) == 1).all()
+        same_session = [Path(samples[i].file).stem.rsplit("_", 1)[0] for i in track]
+        assert all(a != b or frame[i] < frame[i + 1] for a, b, i in zip(same_session, same_session[1:], track))
+    runs = {(s.subject, s.live) for s in samples}
+    assert len(tracks) == len(samples) - 7 * len(runs)
+
+
+def test_fit_logistic_recovers_a_known_model() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(20000, 2))
+    y = (rng.random(20000) < sigmoid(x @ np.array([2.0, -1.0]) + 0.5)).astype(np.float64)
+    coef, bias = fit_logistic(x, y, l2=1.0)
+    np.testing.assert_allclose(coef, [2.0, -1.0], atol=0.1)
+    assert bias == pytest.approx(0.5, abs=0.1)
+    strong, _ = fit_logistic(x, y, l2=1e5)
+    assert np.abs(strong).max() < 0.2  # the ridge shrinks the coefficients towards 0
+
+
+def test_fit_weights_threshold_rejects_the_chosen_share_of_live_rows() -> None:
+    rng = np.random.default_rng(2)
+    live = np.arange(400) % 2 == 0
+    x = rng.normal(size=(400, 2)) + live[:, None] * np.array([1.5, 0.5])
+    weights = fit_weights(x, live, ("a", "b"), "synthetic")
+    rejected = np.mean(sigmoid(weights.logits(x[live])) < weights.threshold)
+    assert rejected == pytest.approx(LIVE_REJECT, abs=1 / live.sum())
+    assert weights.coef[0] > weights.coef[1] > 0

@@ -1,1 +1,1 @@
-"""Workstation tools (fitting, measuring): never imported by the device commands."""
+"""Workstation tools (fitting, measuring): never imported by the device commands, not in the device wheel."""

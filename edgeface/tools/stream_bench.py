@@ -21,11 +21,10 @@ from typing import Any
 import numpy as np
 
 from edgeface.analyzer import FaceAnalyzer
-from edgeface.doorlock import AuditLog, DoorLock, accept_rules
+from edgeface.doorlock import AuditLog, DoorLock, accept_rules, door_stream
 from edgeface.gallery import UNKNOWN, Gallery
 from edgeface.images import load_image
 from edgeface.profiles import Profile
-from edgeface.tracker import FaceStream, TrackerConfig
 
 ENROLL = 3
 PER_FRAME_VOTES, PER_FRAME_WINDOW = 3, 5  # the K-of-N of stop 10's profiles
@@ -87,12 +86,12 @@ def per_frame_visit(analyzer: FaceAnalyzer, gallery: Gallery, frames: list[np.nd
 def tracked_visit(profile: Profile, analyzer: FaceAnalyzer, gallery: Gallery, frames: list[np.ndarray]) -> Visit:
     """The door lock's own decisions over a tracked stream of `frames` (no relay, no pulse, no cooldown)."""
     config = replace(profile.doorlock, unlock_seconds=0.0, cooldown_seconds=0.0)
-    door = DoorLock(config, accept_rules(profile, analyzer), _NoRelay(), AuditLog(Path("/dev/null")))
+    rules = accept_rules(profile, analyzer)
+    door = DoorLock(config, rules, _NoRelay(), AuditLog(Path("/dev/null")))
     unlocked: list[str] = []
     door.audit.listeners.append(lambda record: unlocked.append(str(record["identity"]))
                                 if record["decision"] == "unlock" else None)
-    stream = FaceStream(analyzer, TrackerConfig(max_misses=config.max_misses),
-                        config.min_frames if profile.liveness.required else 0)
+    stream = door_stream(profile, analyzer, rules, lambda: gallery)
     embeddings, unlock, unlock_at, started = 0, None, None, time.perf_counter()
     for index, frame in enumerate(frames):
         result = stream.step(frame)
@@ -114,10 +113,11 @@ def nuaa_visits(root: Path, label: str = "live") -> Iterator[tuple[str, list[Pat
         yield subject, sorted(paths, key=lambda p: tuple(int(part) for part in p.stem.split("_")[2:]))
 
 
-def stream_bench(profile: Profile, root: Path, gallery_path: Path) -> dict[str, object]:
-    """Both loops over every person's visit, the tracked one first then the per-frame one, person by person."""
+def stream_bench(profile: Profile, root: Path, gallery_path: Path, people: int | None = None) -> dict[str, Any]:
+    """Both loops over every person's visit (or the first `people`), the tracked one first then the per-frame one,
+    person by person."""
     analyzer = FaceAnalyzer(profile)
-    visits = list(nuaa_visits(root))
+    visits = list(nuaa_visits(root))[:people]
     with analyzer.open_gallery(gallery_path) as gallery:
         for person, paths in visits:
             for path in paths[:ENROLL]:
