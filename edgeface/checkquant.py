@@ -1,7 +1,8 @@
 """`edgeface check-quant`: every stage's float and int8 model on real labelled photos, side by side.
 
 Detection AP on WIDER FACE val, landmark NME on dlib's 68-point faces, LFW verification and CelebA open-set
-identification, per-output SNR of the stage that loses most; each loss judged by the gates in gates.toml.
+identification, per-output SNR of the stage that loses most; each loss judged by the gates in gates.toml. With
+`--photos`, the two precisions' agreement on the user's own unlabelled photos instead (edgeface.evaluation.agreement).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from edgeface.analyzer import Face, FaceAnalyzer
+from edgeface.gallery import Gallery
 from edgeface.bench import detector_stages, machine
 from edgeface.datasets import data_dir
-from edgeface.errors import EdgefaceError
+from edgeface.errors import EdgefaceError, GalleryError
 from edgeface.evaluation.gates import GATES_FILE, Gate, check, load_limits, worst_stage
 from edgeface.evaluation.identification import OpenSetResult, open_set, split_people, threshold_for
 from edgeface.evaluation.landmarks import face_nme, read_imglab
@@ -123,7 +125,8 @@ def wider_predictions(found: dict[str, list[Face]]) -> dict[str, np.ndarray]:
 
 
 def detection(data: Path, profile: Profile, subsets: Subsets, results: Results) -> list[dict[str, Any]]:
-    """WIDER FACE val AP per setting, float vs int8, for each detector stage."""
+    """WIDER FACE val AP per setting, float vs int8, for each detector stage, over all images and per event (the
+    int8 choices must hold on an event they were not tuned on)."""
     root = data / "wider_val_dev"
     truth = load_ground_truth(root / "ground_truth")
     photos = {image_key(path.relative_to(root / "images").as_posix()): path
@@ -132,12 +135,18 @@ def detection(data: Path, profile: Profile, subsets: Subsets, results: Results) 
     found = _detect_all(photos, _stage_analyzers(profile, stages, AP_SCORE_THRESHOLD))
     rows = []
     for detector, size in stages:
-        stage, ap = model_key(detector, size), {}
+        stage, ap, events = model_key(detector, size), {}, {}
         for p in PRECISIONS:
-            results.pr[f"{stage} {p}"] = curves = evaluate(wider_predictions(found[stage, p]), truth)
+            predictions = wider_predictions(found[stage, p])
+            results.pr[f"{stage} {p}"] = curves = evaluate(predictions, truth)
             ap[p] = {setting: curves[setting].ap for setting in SETTINGS}
+            for event in sorted({key.split("/")[0] for key in predictions}):
+                part = evaluate({k: v for k, v in predictions.items() if k.startswith(f"{event}/")}, truth)
+                events.setdefault(event, {})[p] = {setting: part[setting].ap for setting in SETTINGS}
+        for event, by_precision in events.items():
+            by_precision["drop"] = {s: by_precision["float"][s] - by_precision["int8"][s] for s in SETTINGS}
         rows.append({"model": stage, "detector": detector, "input_size": size, "images": len(photos), "ap": ap,
-                     "drop": {s: ap["float"][s] - ap["int8"][s] for s in SETTINGS}})
+                     "drop": {s: ap["float"][s] - ap["int8"][s] for s in SETTINGS}, "events": events})
     return rows
 
 
@@ -407,3 +416,47 @@ def run(data: Path | None, profile_name: str, quick: bool, out: Path, as_json: b
     (out / "report.md").write_text(markdown(results.report, images))
     print(text if as_json else summary(results.report, out))
     return 0 if all(gate.passed for gate in gates) else 1
+
+
+def open_gallery_for(path: Path, analyzers: dict[str, FaceAnalyzer]) -> Gallery:
+    """The gallery at `path` through whichever precision's embedding model enrolled it (both precisions' faces are
+    then matched against the vectors as enrolled)."""
+    if not path.is_file():
+        raise GalleryError(f"{path}: no such gallery")
+    errors = []
+    for analyzer in analyzers.values():
+        try:
+            return analyzer.open_gallery(path)
+        except GalleryError as error:
+            errors.append(str(error))
+    raise GalleryError(errors[-1])
+
+
+def run_photos(photos: Path, gallery: Path | None, profile_name: str, out: Path, as_json: bool) -> int:
+    """`check-quant --photos DIR [--gallery DB]`: float against int8 on unlabelled photos; report.md, report.json
+    and plots in `out` (no gates)."""
+    from edgeface.evaluation.agreement import photo_agreement
+    from edgeface.evaluation.report import agreement_markdown, agreement_plots
+
+    profile = load_profile(profile_name)
+    paths = list_images(photos) if photos.is_dir() else [photos]
+    if not paths:
+        raise EdgefaceError(f"{photos}: no photos in this folder")
+    analyzers = _analyzers(profile)
+    people = open_gallery_for(gallery, analyzers) if gallery is not None else None
+    threshold = profile.recognition.match_threshold
+    try:
+        report, found = photo_agreement(paths, analyzers, people, threshold)
+    finally:
+        if people is not None:
+            people.close()
+    report = {"meta": {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                       "profile": profile.name, "photos": str(photos), "gallery": str(gallery) if gallery else None},
+              **report}
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_json_safe(report), indent=1)
+    (out / "report.json").write_text(text + "\n")
+    images = agreement_plots(found.cosine, found.similarities, threshold if people is not None else None, out)
+    (out / "report.md").write_text(agreement_markdown(report, images))
+    print(text if as_json else agreement_markdown(report, {}))
+    return 0

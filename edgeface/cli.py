@@ -346,8 +346,12 @@ def cmd_check_edgetpu(args: argparse.Namespace) -> int:
 
 def cmd_check_quant(args: argparse.Namespace) -> int:
     """Float vs int8 accuracy of every stage on labelled photos; 1 if a gate fails (imported lazily: workstation)."""
-    from edgeface.checkquant import run
+    from edgeface.checkquant import run, run_photos
 
+    if args.photos is not None:
+        return run_photos(args.photos, args.gallery, args.profile, args.out, args.json)
+    if args.gallery is not None:
+        raise EdgefaceError("--gallery goes with --photos (the labelled checks use their own people)")
     return run(args.data, args.profile, args.quick, args.out, args.json)
 
 
@@ -480,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     check_quant.add_argument("--quick", action="store_true", help="a small fixed subset (about a minute, for CI)")
     check_quant.add_argument("--out", type=Path, default=Path("out/check-quant"),
                              help="report folder (default: %(default)s)")
+    check_quant.add_argument("--photos", type=Path, metavar="DIR",
+                             help="your own photos, no labels: float against int8 face by face")
+    check_quant.add_argument("--gallery", type=Path, metavar="DB", help="with --photos: who each precision names")
     check_quant.add_argument("--json", action="store_true", help="print report.json instead of the summary")
     check_quant.set_defaults(handler=cmd_check_quant)
     bench = sub.add_parser("bench", help="latency per stage and model, int8 vs float side by side")

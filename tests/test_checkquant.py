@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import subset
 from edgeface.analyzer import Face
 from edgeface.checkquant import largest, nearest_centre, snr_db, stage_models, wider_predictions
 from edgeface.cli import main
@@ -162,3 +163,50 @@ def test_check_quant_quick(manifest: Manifest, data: Path, tmp_path: Path,
         assert (out / name).stat().st_size > 0, name
     text = (out / "report.md").read_text()
     assert "## Gates" in text and "10 interleaved sub-folds" in text and "![ROC](lfw_roc.png)" in text
+
+
+def test_pairing_takes_the_best_overlaps_first_and_no_face_twice() -> None:
+    from edgeface.evaluation.agreement import pair_faces
+
+    def face(x: float) -> Face:
+        return Face(box=(x, 0.0, x + 10.0, 10.0), score=0.9, landmarks=[(x, 0.0)] * 5)
+
+    first, second = [face(0), face(4), face(50)], [face(3), face(1), face(200)]
+    pairs = pair_faces(first, second)
+    assert sorted((i, j) for i, j, _ in pairs) == [(0, 1), (1, 0)]  # 0-1 and 1-0 overlap 0.82, 0-0 only 0.54
+    assert all(iou >= 0.5 for _, _, iou in pairs) and pair_faces([], second) == []
+
+
+def test_the_int8_threshold_keeps_float_accept_rate() -> None:
+    from edgeface.evaluation.agreement import same_accept_threshold
+
+    pairs = [(0.9, 0.85), (0.6, 0.52), (0.55, 0.49), (0.3, 0.35), (0.1, 0.12)]
+    threshold = same_accept_threshold(pairs, 0.5)  # float accepts 3 of 5
+    assert threshold == 0.49 and sum(q >= threshold for _, q in pairs) == 3
+    assert same_accept_threshold(pairs, 0.95) is None
+
+
+def test_check_quant_on_unlabelled_photos_with_a_gallery(data: Path, manifest: Manifest, tmp_path: Path) -> None:
+    from edgeface.analyzer import FaceAnalyzer
+    from edgeface.checkquant import run_photos
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in subset(data / "group_photos", 3):
+        (photos / path.name).symlink_to(path)
+    (photos / "broken.jpg").write_bytes(b"not a photo")
+    analyzer = FaceAnalyzer("x86")
+    with analyzer.open_gallery(tmp_path / "home.db") as gallery:
+        for index, path in enumerate(sorted(photos.glob("*.jp*g"))[:2]):
+            if path.name != "broken.jpg" and (faces := analyzer.embed(path)):
+                gallery.add(f"person{index}", faces[0].embedding[None])
+    assert run_photos(photos, tmp_path / "home.db", "x86", tmp_path / "out", True) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["photos"] == 3 and len(report["unreadable"]) == 1 and "broken.jpg" in report["unreadable"][0]
+    matched = report["matched_faces"]
+    assert matched > 0 and report["found_by_one_only"] == {p: report["faces"][p] - matched for p in ("float", "int8")}
+    assert 0.9 < report["cosine_int8_float"]["median"] <= 1.0 and report["box_iou"]["min"] >= 0.5
+    assert report["gallery"]["faces"] == matched and 0 <= report["gallery"]["identity_differs"] <= 1
+    assert report["gallery"]["named_by_int8"] >= 1  # the enrolled faces themselves
+    assert (tmp_path / "out" / "cosine_hist.png").is_file() and "Against the gallery" in (
+        tmp_path / "out" / "report.md").read_text()

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgeface.evaluation.agreement import NEAR_THRESHOLD as NEAR
 from edgeface.evaluation.widerface import SETTINGS
 
 if TYPE_CHECKING:
@@ -51,6 +52,10 @@ def markdown(report: dict[str, Any], images: dict[str, str]) -> str:
         f"## Detection: WIDER FACE val AP, float → int8 ({report['detection'][0]['images']} images, score ≥ 0.02)",
         _table(["model", *SETTINGS], [[row["model"], *(_shift(row["ap"]["float"][s], row["ap"]["int8"][s])
                                                       for s in SETTINGS)] for row in report["detection"]]),
+        "Per event (each int8 choice must hold on the event it was not chosen on): AP drop float → int8",
+        _table(["model", "event", *SETTINGS], [[row["model"], event, *(_number(drops["drop"][s], 4) for s in SETTINGS)]
+                                               for row in report["detection"]
+                                               for event, drops in row.get("events", {}).items()]),
         " ".join(f"![{s}]({images[f'pr_{s}']})" for s in SETTINGS),
         "## Landmarks: NME over the inter-ocular distance, dlib 68-point faces (5 points derived), float → int8",
         _table(["model", "faces", "found float / int8", "mean NME (faces both find)", "median NME"],
@@ -166,4 +171,62 @@ def plots(results: Results, out: Path) -> dict[str, str]:
     axes.set(xlabel="cos(int8 embedding, float embedding)", ylabel="faces",
              title=f"Embedding agreement ({results.cosine.size} faces)")
     save(figure, "cosine_hist")
+    return names
+
+
+def agreement_markdown(report: dict[str, Any], images: dict[str, str]) -> str:
+    """report.md of `check-quant --photos`: float and int8 on the user's own photos."""
+    faces, only = report["faces"], report["found_by_one_only"]
+    rows = [["photos (unreadable)", f"{report['photos']} ({len(report['unreadable'])})"],
+            ["faces float / int8", f"{faces['float']} / {faces['int8']}"],
+            ["found by both", str(report["matched_faces"])],
+            ["found by float only / int8 only", f"{only['float']} / {only['int8']}"]]
+    for key, label, worst in (("box_iou", "box IoU", ("min", "p05")),
+                              ("landmark_shift", "landmark shift / face side", ("max", "p95")),
+                              ("cosine_int8_float", "cos(int8, float)", ("min", "p05"))):
+        stats = report[key]
+        rows.append([f"{label}: mean, {worst[0]}, {worst[1].replace('p', '')}th percentile",
+                     ", ".join(_number(stats[k], 4) for k in ("mean", *worst))])
+    text = ["# check-quant on your photos: float against int8", "", _table(["", "value"], rows)]
+    gallery = report.get("gallery")
+    if gallery:
+        shift, near = gallery["similarity_shift"], gallery["near_threshold"]
+        text += ["", f"## Against the gallery (threshold {gallery['threshold']})", "", _table(["", "value"], [
+            ["faces named differently", f"{gallery['identity_differs']:.2%}"],
+            ["named by float / int8", f"{gallery['named_by_float']} / {gallery['named_by_int8']}"],
+            ["similarity int8 - float: mean, min", f"{_number(shift['mean'], 4)}, {_number(shift['min'], 4)}"],
+            [f"within {NEAR} of the threshold: faces, mean shift",
+             f"{near['faces']}, {_number(near['shift']['mean'], 4)}"],
+            ["int8 threshold with float's accept rate", _number(gallery["int8_threshold_same_accept_rate"], 4)]])]
+    text += [f"\n![{name}]({file})" for name, file in images.items()]
+    return "\n".join(text) + "\n"
+
+
+def agreement_plots(cosine: list[float], similarities: list[tuple[float, float]], threshold: float | None,
+                    out: Path) -> dict[str, str]:
+    """cos(int8, float) per face, and with a gallery each face's similarity under both precisions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = {}
+    if cosine:
+        figure, axes = plt.subplots(figsize=(6, 4))
+        axes.hist(cosine, bins=50)
+        axes.set(xlabel="cos(int8 embedding, float embedding)", ylabel="faces", title=f"{len(cosine)} faces")
+        figure.tight_layout()
+        figure.savefig(out / "cosine_hist.png", dpi=110)
+        plt.close(figure)
+        names["cosine_hist"] = "cosine_hist.png"
+    if similarities and threshold is not None:
+        figure, axes = plt.subplots(figsize=(5, 5))
+        axes.scatter(*zip(*similarities), s=6)
+        axes.axvline(threshold, color="grey", lw=0.8)
+        axes.axhline(threshold, color="grey", lw=0.8)
+        axes.set(xlabel="similarity, float", ylabel="similarity, int8", title="best gallery match per face")
+        figure.tight_layout()
+        figure.savefig(out / "similarity_scatter.png", dpi=110)
+        plt.close(figure)
+        names["similarity_scatter"] = "similarity_scatter.png"
     return names
