@@ -51,7 +51,6 @@ class Track:
 
     track_id: int
     face: Face | None
-    first_frame: int
     box: np.ndarray
     landmarks: np.ndarray
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))
@@ -72,11 +71,6 @@ class Track:
         """Box and landmarks moved on by the track's velocity for each frame it has been missed, plus this one."""
         shift = self.velocity * (self.misses + 1)
         return self.box + np.tile(shift, 2), self.landmarks + shift
-
-    def to_json(self) -> dict[str, object]:
-        """The stream's JSON object for this track."""
-        face = self.face.to_json() if self.face is not None else None
-        return {"track_id": self.track_id, "frames": self.hits, "views": len(self.views), "face": face}
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -141,7 +135,7 @@ class FaceTracker:
         self.tracks = [track for track in self.tracks if track not in ended]
         for f, face in enumerate(faces):
             if f not in matched_faces:
-                self.tracks.append(Track(self._next_id, face, self.frame, np.array(face.box, np.float64),
+                self.tracks.append(Track(self._next_id, face, np.array(face.box, np.float64),
                                          np.array(face.landmarks, np.float64), confirmed=cfg.min_hits <= 1))
                 self._next_id += 1
         return list(self.tracks), ended

@@ -81,7 +81,7 @@ def scripted(tracks_per_frame: list[list[tuple[int, np.ndarray, float]]]) -> Ite
         seen = set()
         for track_id, embedding, logit in entries:
             seen.add(track_id)
-            track = live.setdefault(track_id, Track(track_id, None, index, np.zeros(4), np.zeros((5, 2)),
+            track = live.setdefault(track_id, Track(track_id, None, np.zeros(4), np.zeros((5, 2)),
                                                     hits=0, confirmed=True))
             track.hits += 1
             track.views = [View(index, 1.0, embedding)]
