@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[convert,report,dev]'
+	$(BIN)/pip install --quiet -e '.[convert,report,dev,fleet]'
 	touch $@
 
 models: install
@@ -42,9 +42,10 @@ $(BENCH_VENV)/.installed:
 bench: models $(BENCH_VENV)/.installed
 	$(BIN)/edgeface bench --profile $(PROFILE) --against $(BENCH_VENV)/bin/python
 
-# One tarball in dist/ that installs the door lock on a Raspberry Pi offline (deploy/bundle.py).
+# One tarball in dist/ that installs the door lock on a Raspberry Pi offline (deploy/bundle.py); FLEET=1 adds the
+# fleet extra's wheels (edgeface doorlock --fleet).
 bundle: models
-	$(BIN)/python -m deploy.bundle --profile $(PROFILE) --out dist
+	$(BIN)/python -m deploy.bundle --profile $(PROFILE) --out dist $(if $(FLEET),--fleet)
 
 # The rpi4 bundle's install.sh and 'edgeface detect' in an emulated arm64 Debian bookworm (qemu-user-static,
 # debootstrap; rootfs cached in $(EDGEFACE_HOME)/aarch64-rootfs) against x86-64 on the same models. Needs root.

@@ -3,7 +3,9 @@
 It holds the edgeface wheel, a wheelhouse of the pinned runtime for the device, the profile's models with a
 manifest of only them, the profile, `install.sh` and the systemd unit beside this file.
 
-    python -m deploy.bundle --profile rpi4 [--out dist] [--platform aarch64|native] [--models DIR]
+    python -m deploy.bundle --profile rpi4 [--out dist] [--platform aarch64|native] [--models DIR] [--fleet]
+
+With --fleet the wheelhouse also holds the `fleet` extra (paho-mqtt, cryptography) for `edgeface doorlock --fleet`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ REQUIREMENTS = (
     "setuptools==84.2.1",  # colorzero's dependency
 )
 """The device runtime, pinned to what resolves for CPython 3.11 on aarch64 (Raspberry Pi OS bookworm 64-bit)."""
+
+FLEET_REQUIREMENTS = (
+    "paho-mqtt==2.2.0",
+    "cryptography==50.0.2",  # a cp311-abi3 manylinux_2_28 aarch64 wheel
+    "cffi==2.1.1",  # this and the next: cryptography's dependencies
+    "pycparser==3.12",
+)
+"""The `fleet` extra, pinned the same way (added by --fleet)."""
 
 PLATFORMS = {
     # pip takes --platform tags literally (no older glibc implied): name every tag the pinned wheels carry.
@@ -101,8 +111,9 @@ def _build_wheel(folder: Path, scratch: Path) -> None:
     _pip("wheel", "--quiet", "--no-deps", "--no-build-isolation", "--wheel-dir", str(folder), str(source))
 
 
-def build_bundle(profile_name: str, out: Path, platform: str = "aarch64", models: Path | None = None) -> Path:
-    """Write `<out>/edgeface-<profile>-<platform>.tar.gz` and return its path."""
+def build_bundle(profile_name: str, out: Path, platform: str = "aarch64", models: Path | None = None,
+                 fleet: bool = False) -> Path:
+    """Write `<out>/edgeface-<profile>-<platform>.tar.gz` and return its path; `fleet` adds the fleet extra's wheels."""
     if platform not in PLATFORMS:
         raise EdgefaceError(f"unknown platform '{platform}' (choose from {', '.join(PLATFORMS)})")
     profile = load_profile(profile_name)
@@ -116,14 +127,15 @@ def build_bundle(profile_name: str, out: Path, platform: str = "aarch64", models
         _copy_models(profile, manifest, root / "models")
         shutil.copy2(profile.path, root / f"{profile.name}.toml")
         _build_wheel(root, scratch)
-        (root / "requirements.txt").write_text("\n".join(REQUIREMENTS) + "\n")
+        requirements = REQUIREMENTS + (FLEET_REQUIREMENTS if fleet else ())
+        (root / "requirements.txt").write_text("\n".join(requirements) + "\n")
         _pip("download", "--quiet", "--only-binary=:all:", "--dest", str(root / "wheels"), *PLATFORMS[platform],
              "-r", str(root / "requirements.txt"))
         for template in TEMPLATES:
             shutil.copy2(HERE / template, root / template)
         (root / "install.sh").chmod(0o755)
         (root / "bundle.json").write_text(json.dumps(
-            {"profile": profile.name, "python": python, "platform": platform}, indent=1) + "\n")
+            {"profile": profile.name, "python": python, "platform": platform, "fleet": fleet}, indent=1) + "\n")
         out.mkdir(parents=True, exist_ok=True)
         target = out / f"{name}.tar.gz"
         with tarfile.open(target, "w:gz") as tar:
@@ -139,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--platform", choices=sorted(PLATFORMS), default="aarch64",
                         help="wheels for the Pi (aarch64, CPython 3.11) or for this machine (native)")
     parser.add_argument("--models", type=Path, help="models folder (default: $EDGEFACE_MODELS)")
+    parser.add_argument("--fleet", action="store_true", help="also the fleet extra (doorlock --fleet over MQTT)")
     args = parser.parse_args(argv)
     try:
-        print(build_bundle(args.profile, args.out, args.platform, args.models))
+        print(build_bundle(args.profile, args.out, args.platform, args.models, args.fleet))
     except EdgefaceError as error:
         print(f"bundle: error: {error}", file=sys.stderr)
         return 2

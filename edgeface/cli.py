@@ -12,11 +12,13 @@ import sys
 import tempfile
 import time
 import unicodedata
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 
 from edgeface import __version__
+from edgeface.access import AccessRules, parse_day, parse_schedule
 from edgeface.analyzer import Face, FaceAnalyzer, FaceChoice
 from edgeface.draw import annotate
 from edgeface.errors import EdgefaceError, GalleryError, ImageError, ProfileError
@@ -143,10 +145,23 @@ def _person_name(item: Input, root_is_dir: bool) -> str:
     return stem.rsplit("_", 1)[0] if "_" in stem else stem
 
 
+def _rules(args: argparse.Namespace, current: AccessRules) -> AccessRules:
+    """`current` with the --valid-from, --valid-until and --schedule given ('none' clears one)."""
+    def day(value: str | None, option: str, old: date | None) -> date | None:
+        if value is None:
+            return old
+        return None if value.strip().lower() == "none" else parse_day(value, option)
+
+    schedule = current.schedule if args.schedule is None else parse_schedule(args.schedule)
+    return AccessRules(day(args.valid_from, "--valid-from", current.valid_from),
+                       day(args.valid_until, "--valid-until", current.valid_until), schedule)
+
+
 def cmd_enroll(args: argparse.Namespace) -> int:
     """Enroll photos into a gallery: one transaction per photo (per person with --replace); photos already
-    enrolled for their person are left alone."""
+    enrolled for their person are left alone; access rules given apply to each person enrolled."""
     analyzer = _analyzer(args)
+    rules = _rules(args, AccessRules())
     people: dict[str, list[Path]] = {}
     problems = 0
     for given in args.paths:
@@ -176,6 +191,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
                 continue
             done = analyzer.enroll(gallery, person, photos, face=args.face, replace=args.replace, on_image=heard)
             added, unchanged = added + done.added, unchanged + done.unchanged
+            if rules != AccessRules() and done.added + done.unchanged:
+                gallery.set_rules(person, rules)
         count = len(gallery.people())
     print(f"enrolled {added} photo(s), {unchanged} already enrolled; gallery {args.gallery} holds {count} people; "
           f"skipped {problems}")
@@ -254,14 +271,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
-    """List the enrolled people, or remove one."""
+    """List the enrolled people (name, embeddings, access rules), remove one, or set one's access rules."""
     with _existing_gallery(_analyzer(args), args.gallery) as gallery:
         if args.action == "remove":
             removed = gallery.remove(args.name)
             print(f"removed {args.name} ({removed} embedding(s))")
+        elif args.action == "set":
+            current = gallery.rules(args.name)
+            if current is None:
+                raise GalleryError(f"{args.gallery}: nobody named {args.name!r} is enrolled")
+            rules = _rules(args, current)
+            gallery.set_rules(args.name, rules)
+            print(f"{args.name}: {rules.describe()}")
         else:
-            for name, count in gallery.people():
-                print(f"{one_line(name)}\t{count}")
+            for person in gallery.export():
+                print(f"{one_line(person.name)}\t{len(person.embeddings)}\t{person.rules.describe()}")
     return 0
 
 
@@ -296,8 +320,43 @@ def cmd_doorlock(args: argparse.Namespace) -> int:
     """Run the door lock until its source ends or SIGTERM/SIGINT; the relay always ends locked."""
     from edgeface.doorlock import run
 
+    fleet = None
+    if args.fleet:
+        if not args.door or not args.trust:
+            raise EdgefaceError("--fleet needs --door NAME and --trust PUBKEY")
+        from edgeface.fleet import Broker, LinkConfig
+
+        fleet = LinkConfig(Broker.parse(args.fleet), args.door, args.trust, args.site)
     return run(load_profile(args.profile), args.gallery, args.source, relay_pin=args.relay_pin,
-               audit_log=args.audit_log, dry_run=args.dry_run, follow=args.follow)
+               audit_log=args.audit_log, dry_run=args.dry_run, follow=args.follow, fleet=fleet)
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    """keygen / publish / status: the fleet's signing key, a signed gallery bundle, every door's report."""
+    from edgeface import fleet
+
+    if args.action == "keygen":
+        private, public = fleet.keygen(args.out)
+        print(f"wrote {private} (keep it secret, mode 0600) and {public} (copy it to every door)")
+        return 0
+    broker = fleet.Broker.parse(args.broker)
+    if args.action == "publish":
+        version, people, size = fleet.publish(args.gallery, args.key, broker, args.site, args.allow_empty)
+        print(f"published version {version}: {people} people, {size} bytes, retained on "
+              f"{fleet.gallery_topic(args.site)} at {broker.url()}")
+        return 0
+    doors = fleet.status(broker, args.site, args.wait)
+    if args.json:
+        print(json.dumps(doors, indent=1))
+        return 0
+    print(f"site {args.site}: published version {doors.pop('', {}).get('version', 'none')}")
+    for door, seen in sorted(doors.items()):
+        report = seen.get("gallery", {})
+        event = (seen.get("state") or {}).get("last_event") or {}
+        last = " ".join(str(event[k]) for k in ("time", "decision", "identity") if event.get(k)) or "none"
+        print(f"{door:16s} {seen.get('availability', '?'):8s} gallery {report.get('version') or 'none'} "
+              f"({report.get('status', '?')}{': ' + report['error'] if report.get('error') else ''})  last event {last}")
+    return 0
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -375,6 +434,14 @@ def _face_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per image per line")
 
 
+def _rule_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--valid-from", metavar="DATE", help="first day the person may enter (YYYY-MM-DD, or none)")
+    parser.add_argument("--valid-until", metavar="DATE", help="last day the person may enter (inclusive, or none)")
+    parser.add_argument("--schedule", metavar="SPEC",
+                        help="weekly windows in the door's local time, e.g. 'mon-fri 07:00-19:00, sat 09:00-13:00' "
+                             "(or none)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="edgeface", description="Offline face detection and recognition.")
@@ -399,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which face to take from a photo with several")
     enroll.add_argument("--replace", action="store_true",
                         help="replace each person's embeddings with these photos' (one transaction per person)")
+    _rule_options(enroll)
     _face_options(enroll)
     enroll.set_defaults(handler=cmd_enroll)
     verify = sub.add_parser("verify", help="are two photos the same person?")
@@ -411,9 +479,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="annotated copies (default: %(default)s)")
     _face_options(demo)
     demo.set_defaults(handler=cmd_demo)
-    gallery = sub.add_parser("gallery", help="list or remove enrolled people")
-    gallery.add_argument("action", choices=("list", "remove"))
-    gallery.add_argument("name", nargs="?", help="person to remove")
+    gallery = sub.add_parser("gallery", help="list or remove enrolled people, or set their access rules")
+    gallery.add_argument("action", choices=("list", "remove", "set"))
+    gallery.add_argument("name", nargs="?", help="person to remove or set")
+    _rule_options(gallery)
     gallery.add_argument("--gallery", required=True, type=Path, metavar="DB")
     _face_options(gallery)
     gallery.set_defaults(handler=cmd_gallery)
@@ -432,7 +501,27 @@ def build_parser() -> argparse.ArgumentParser:
     doorlock.add_argument("--audit-log", type=Path, metavar="FILE", help="JSON lines, rotated (default: stdout)")
     doorlock.add_argument("--dry-run", action="store_true", help="report the relay instead of driving it")
     doorlock.add_argument("--follow", action="store_true", help="keep watching a --source folder for new images")
+    doorlock.add_argument("--fleet", metavar="mqtt://HOST[:PORT]", help="apply signed galleries and send events")
+    doorlock.add_argument("--site", default="home", help="fleet site (default: %(default)s)")
+    doorlock.add_argument("--door", help="this door's name in the fleet")
+    doorlock.add_argument("--trust", type=Path, metavar="PUBKEY", help="the fleet's public key (fleet.pub)")
     doorlock.set_defaults(handler=cmd_doorlock)
+    fleet = sub.add_parser("fleet", help="many doors over MQTT: keygen, publish a signed gallery, door status")
+    fleet_sub = fleet.add_subparsers(dest="action", required=True)
+    keygen = fleet_sub.add_parser("keygen", help="write DIR/fleet.key and DIR/fleet.pub (Ed25519)")
+    keygen.add_argument("--out", required=True, type=Path, metavar="DIR")
+    publish = fleet_sub.add_parser("publish", help="sign the whole gallery and publish it, retained, to the site")
+    publish.add_argument("--gallery", required=True, type=Path, metavar="DB")
+    publish.add_argument("--key", required=True, type=Path, metavar="KEY", help="fleet.key")
+    publish.add_argument("--allow-empty", action="store_true", help="publish an empty gallery (removes everyone)")
+    fleet_status = fleet_sub.add_parser("status", help="every door's availability, gallery version, last event")
+    fleet_status.add_argument("--wait", type=float, default=1.5, metavar="S",
+                              help="seconds to read the retained topics (default: %(default)s)")
+    fleet_status.add_argument("--json", action="store_true")
+    for command in (publish, fleet_status):
+        command.add_argument("--broker", required=True, metavar="mqtt://HOST[:PORT]")
+        command.add_argument("--site", default="home", help="fleet site (default: %(default)s)")
+    fleet.set_defaults(handler=cmd_fleet)
     watch = sub.add_parser("watch", help="the door's face tracks without a relay: appeared, identified, left")
     watch.add_argument("--profile", default=DEFAULT_PROFILE, help="hardware profile name or .toml path")
     watch.add_argument("--source", default="camera", metavar="camera|PATH",
@@ -476,8 +565,8 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="edgeface-escape")
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "gallery" and args.action == "remove" and not args.name:
-        parser.error("gallery remove needs a NAME")
+    if args.command == "gallery" and args.action in ("remove", "set") and not args.name:
+        parser.error(f"gallery {args.action} needs a NAME")
     try:
         return args.handler(args)
     except EdgefaceError as error:

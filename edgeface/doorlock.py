@@ -23,9 +23,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from edgeface.analyzer import FaceAnalyzer
 from edgeface.camera import FrameSource, SourceUnavailable, open_source
@@ -34,6 +35,9 @@ from edgeface.evidence import IMPOSTORS, AcceptRules, Verdict
 from edgeface.gallery import Gallery
 from edgeface.profiles import DoorlockConfig, Profile
 from edgeface.tracker import FaceStream, StreamFrame, Track, TrackerConfig
+
+if TYPE_CHECKING:
+    from edgeface.fleet import LinkConfig
 
 AUDIT_MAX_BYTES = 1_000_000
 AUDIT_BACKUPS = 5
@@ -263,6 +267,8 @@ class DoorLock:
                 continue
             current = gallery()
             verdict = self.rules.judge(track, current)
+            if verdict.decision == "unlock" and (reason := current.access(verdict.identity, datetime.now())):
+                verdict = replace(verdict, decision="refused", reason=reason)  # validity days, weekly schedule
             if verdict.decision == "wait":
                 track.state["last"] = verdict
                 continue
@@ -350,14 +356,23 @@ def door_stream(profile: Profile, analyzer: FaceAnalyzer, rules: AcceptRules,
 
 
 def run(profile: Profile, gallery: Path, source: str, *, relay_pin: int | None = None,
-        audit_log: Path | None = None, dry_run: bool = False, follow: bool = False) -> int:
-    """The `edgeface doorlock` command: run the lock on `source` until it ends or a signal stops it."""
+        audit_log: Path | None = None, dry_run: bool = False, follow: bool = False,
+        fleet: LinkConfig | None = None) -> int:
+    """The `edgeface doorlock` command: run the lock on `source` until it ends or a signal stops it; with `fleet`,
+    also apply the fleet's signed galleries and publish every audit record (edgeface.fleet)."""
     config = profile.doorlock
     pin = config.relay_pin if relay_pin is None else relay_pin
     analyzer = FaceAnalyzer(profile)
     rules = accept_rules(profile, analyzer)
     audit = AuditLog(audit_log)
-    relay = DryRunRelay(pin) if dry_run else gpio_relay(pin, config.relay_active_high)
+    relay: Relay = DryRunRelay(pin) if dry_run else gpio_relay(pin, config.relay_active_high)
+    link = None
+    if fleet is not None:  # the fleet's hooks: a gallery for it to fill, the link, a relay Home Assistant can see
+        from edgeface.fleet import ReportingRelay, start_door_link
+
+        analyzer.open_gallery(gallery).close()
+        link = start_door_link(fleet, gallery, audit)
+        relay = ReportingRelay(relay, link)
     lock = DoorLock(config, rules, relay, audit)
     frames: FrameSource | None = None
 
@@ -387,6 +402,8 @@ def run(profile: Profile, gallery: Path, source: str, *, relay_pin: int | None =
         return lock.run(session)
     finally:
         relay.close()
+        if link is not None:
+            link.stop()
         if frames is not None:
             frames.close()
         audit.close()

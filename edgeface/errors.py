@@ -27,3 +27,7 @@ class CameraError(EdgefaceError):
 
 class RelayError(EdgefaceError):
     """The door relay cannot be driven (gpiozero missing, or the GPIO pin unavailable)."""
+
+
+class FleetError(EdgefaceError):
+    """The fleet (edgeface.fleet) cannot run: its extra is missing, a key or broker is unusable, or a bundle is bad."""

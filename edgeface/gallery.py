@@ -5,20 +5,19 @@ from __future__ import annotations
 import sqlite3
 import time
 import unicodedata
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 
+from edgeface.access import ALWAYS, AccessRules
 from edgeface.errors import GalleryError
 
 SCHEMA_VERSION = 2
-
-_ADDED_COLUMNS = [  # (table, column, declaration) added since schema 1; a gallery gets each one it lacks
-    ("embeddings", "content_sha256", "TEXT"),  # 2: the enrolled photo's SHA-256, so it is never enrolled twice
-]
 
 UNKNOWN = "unknown"
 """The name `identify` gives a face below the threshold (so no person may be enrolled under it)."""
@@ -35,6 +34,38 @@ CREATE TABLE embeddings (
 );
 CREATE INDEX embeddings_person ON embeddings (person_id);
 """
+"""Schema version 1; every later version only adds the columns below."""
+
+_ADDED_COLUMNS = (
+    ("people", "valid_from", "TEXT"),   # 2: first day the person may enter (ISO date), NULL = no start
+    ("people", "valid_until", "TEXT"),  # 2: last day (inclusive), NULL = no end
+    ("people", "schedule", "TEXT"),     # 2: JSON list of weekly windows ("mon-fri 07:00-19:00"), NULL = any time
+    ("embeddings", "content_sha256", "TEXT"),  # 2: the enrolled photo's SHA-256, so it is never enrolled twice
+)
+"""(table, column, type) added by `ALTER TABLE` when missing: opening an older gallery migrates it."""
+
+BUNDLE_VERSION_KEY = "bundle_version"
+BUNDLE_SHA256_KEY = "bundle_sha256"
+"""Meta keys of the last fleet bundle applied (edgeface.fleet)."""
+
+
+@dataclass(frozen=True)
+class Person:
+    """One enrolled person: name, N x D unit embeddings (float32) and access rules."""
+
+    name: str
+    embeddings: np.ndarray
+    rules: AccessRules = ALWAYS
+
+
+@dataclass(frozen=True)
+class ReplaceCounts:
+    """What `Gallery.replace_all` changed, person by person."""
+
+    added: int
+    removed: int
+    updated: int
+    unchanged: int
 
 
 def _safe_text(text: str) -> str:
@@ -90,14 +121,11 @@ class Gallery:
                     for statement in filter(str.strip, _SCHEMA.split(";")):
                         self._db.execute(statement)
                     self._db.executemany("INSERT INTO meta VALUES (?, ?)", [
-                        ("schema_version", "1"),  # then upgraded by _migrate, like any older gallery
+                        ("schema_version", "1"),  # then upgraded like any older gallery
                         ("embedding_model_sha256", model_sha256),
                         ("embedding_dim", str(self.dim)),
                     ])
-        try:
-            meta = dict(self._db.execute("SELECT key, value FROM meta"))
-        except sqlite3.OperationalError:
-            raise GalleryError(f"{self.path}: an SQLite database but not an edgeface gallery (no meta table)") from None
+        meta = self._meta()
         version = meta.get("schema_version", "")
         if not version.isdigit() or not 1 <= int(version) <= SCHEMA_VERSION:
             raise GalleryError(f"{self.path}: unknown gallery schema version {version!r} "
@@ -124,6 +152,33 @@ class Gallery:
                 raise GalleryError(f"{self.path}: a damaged gallery (its {table} table is missing)")
         return [entry for entry in _ADDED_COLUMNS if entry[1] not in present[entry[0]]]
 
+    def _meta(self) -> dict[str, str]:
+        try:
+            return dict(self._db.execute("SELECT key, value FROM meta"))
+        except sqlite3.OperationalError:
+            raise GalleryError(f"{self.path}: an SQLite database but not an edgeface gallery (no meta table)") from None
+
+    @classmethod
+    def open_existing(cls, path: str | Path) -> Gallery:
+        """An existing gallery bound to the embedding model it records (for tools that embed nothing)."""
+        path = Path(path)
+        if not path.is_file():
+            raise GalleryError(f"{path}: no such gallery (create it with 'edgeface enroll')")
+        try:
+            with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+                meta = dict(db.execute("SELECT key, value FROM meta"))
+        except sqlite3.Error as error:
+            raise GalleryError(f"{path}: not a readable edgeface gallery ({error})") from None
+        dim = meta.get("embedding_dim", "")
+        if not dim.isdigit():
+            raise GalleryError(f"{path}: no embedding dimension in its meta table")
+        return cls(path, meta.get("embedding_model_sha256", ""), int(dim))
+
+    @property
+    def model_sha256(self) -> str:
+        """The sha256 of the embedding model the gallery is bound to."""
+        return self._meta()["embedding_model_sha256"]
+
     @contextmanager
     def _sqlite(self, action: str) -> Iterator[None]:
         """Turn an SQLite failure inside the block into a GalleryError: '<file>: cannot <action> (<reason>)'."""
@@ -133,7 +188,7 @@ class Gallery:
             raise GalleryError(f"{self.path}: cannot {action} ({error})") from None
 
     @contextmanager
-    def _transaction(self, action: str) -> Iterator[None]:
+    def _transaction(self, action: str = "write the gallery") -> Iterator[None]:
         """One write transaction (all or nothing), its SQLite failures reported as failing to `action`."""
         with self._sqlite(action):
             self._db.execute("BEGIN IMMEDIATE")
@@ -242,6 +297,105 @@ class Gallery:
             self._db.execute("DELETE FROM people WHERE name = ?", (name,))
         self._index = None
         return row[0]
+
+    def set_rules(self, name: str, rules: AccessRules) -> None:
+        """Replace a person's access rules (validity period and weekly schedule)."""
+        name = self.valid_name(name)
+        with self._transaction():
+            changed = self._db.execute("UPDATE people SET valid_from = ?, valid_until = ?, schedule = ? "
+                                       "WHERE name = ?", (*rules.columns(), name)).rowcount
+        if not changed:
+            raise GalleryError(f"{self.path}: nobody named {name!r} is enrolled")
+
+    def _stored(self) -> dict[str, tuple[int, tuple[str | None, str | None, str | None], bytes]]:
+        """name -> (person id, stored rule columns, the person's embeddings as one float32 byte string)."""
+        people = {pid: (name, (vf, vu, sc)) for pid, name, vf, vu, sc in self._db.execute(
+            "SELECT id, name, valid_from, valid_until, schedule FROM people")}
+        blobs: dict[int, list[bytes]] = {pid: [] for pid in people}
+        for pid, vector in self._db.execute("SELECT person_id, vector FROM embeddings ORDER BY id"):
+            blobs[pid].append(vector)
+        return {name: (pid, columns, b"".join(blobs[pid])) for pid, (name, columns) in people.items()}
+
+    def _parse_rules(self, name: str, columns: tuple[str | None, str | None, str | None]) -> AccessRules:
+        try:
+            return AccessRules.from_columns(*columns)
+        except GalleryError as error:
+            raise GalleryError(f"{self.path}: {name}: {error}") from None
+
+    def rules(self, name: str) -> AccessRules | None:
+        """A person's access rules, None if nobody has that name; a GalleryError if the stored rules are malformed."""
+        row = self._db.execute("SELECT valid_from, valid_until, schedule FROM people WHERE name = ?",
+                               (self.valid_name(name),)).fetchone()
+        return None if row is None else self._parse_rules(name, row)
+
+    def access(self, name: str, when: datetime) -> str | None:
+        """None if `name` may enter at `when` (naive: the door's local time), else why not: 'not enrolled',
+        'not yet valid', 'expired', 'outside schedule' or 'invalid access rules' (fails closed)."""
+        try:
+            rules = self.rules(name)
+        except GalleryError:
+            return "invalid access rules"
+        return "not enrolled" if rules is None else rules.refusal(when)
+
+    def export(self) -> list[Person]:
+        """Everyone enrolled with their embeddings and rules, sorted by name (malformed rules raise)."""
+        return [Person(name, np.frombuffer(blob, dtype=np.float32).reshape(-1, self.dim),
+                       self._parse_rules(name, columns))
+                for name, (_, columns, blob) in sorted(self._stored().items())]
+
+    def applied_bundle(self) -> tuple[int, str] | None:
+        """(version, sha256) of the last fleet bundle applied, or None."""
+        meta = self._meta()
+        if BUNDLE_VERSION_KEY not in meta:
+            return None
+        return int(meta[BUNDLE_VERSION_KEY]), meta.get(BUNDLE_SHA256_KEY, "")
+
+    def replace_all(self, people: Sequence[Person], version: int, sha256: str) -> ReplaceCounts:
+        """Make the gallery hold exactly `people` (others removed) and record bundle `version` and `sha256`, in one
+        transaction: a failure or a crash midway leaves the gallery as it was. `version` must be newer than the
+        one applied before (checked inside the transaction), else a GalleryError."""
+        incoming: dict[str, tuple[bytes, tuple[str | None, ...]]] = {}
+        for person in people:
+            name = self.valid_name(person.name)
+            if name == UNKNOWN or name in incoming:
+                raise GalleryError(f"{self.path}: bundle names {name!r} twice or uses the reserved '{UNKNOWN}'")
+            vectors = np.ascontiguousarray(person.embeddings, dtype=np.float32)
+            self._vectors(vectors, f"{name}'s embeddings")  # shape, finite, non-zero; stored as given, not rescaled
+            if not np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-3):
+                raise GalleryError(f"{self.path}: {name}'s embeddings are not unit vectors")
+            incoming[name] = (person.rules.columns(), vectors.tobytes())
+        counts = {"added": 0, "removed": 0, "updated": 0, "unchanged": 0}
+        now = time.time()
+        with self._transaction():
+            applied = self.applied_bundle()
+            if applied is not None and version <= applied[0]:
+                raise GalleryError(f"bundle version {version} is not newer than the applied {applied[0]} (replay)")
+            local = self._stored()
+            gone = [(local[name][0],) for name in local.keys() - incoming.keys()]
+            self._db.executemany("DELETE FROM people WHERE id = ?", gone)
+            counts["removed"] = len(gone)
+            for name, (columns, blob) in incoming.items():
+                if name in local and local[name][1:] == (columns, blob):
+                    counts["unchanged"] += 1
+                    continue
+                if name in local:
+                    counts["updated"] += 1
+                    person = local[name][0]
+                    self._db.execute("UPDATE people SET valid_from = ?, valid_until = ?, schedule = ? WHERE id = ?",
+                                     (*columns, person))
+                    self._db.execute("DELETE FROM embeddings WHERE person_id = ?", (person,))
+                else:
+                    counts["added"] += 1
+                    person = self._db.execute("INSERT INTO people (name, created, valid_from, valid_until, schedule) "
+                                              "VALUES (?, ?, ?, ?, ?)", (name, now, *columns)).lastrowid
+                row = 4 * self.dim
+                self._db.executemany(
+                    "INSERT INTO embeddings (person_id, vector, source, created) VALUES (?, ?, 'fleet', ?)",
+                    [(person, blob[i:i + row], now) for i in range(0, len(blob), row)])
+            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                 [(BUNDLE_VERSION_KEY, str(version)), (BUNDLE_SHA256_KEY, sha256)])
+        self._index = None
+        return ReplaceCounts(**counts)
 
     def _load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The cached (E x D vectors sorted by person, first row of each person, person names);

@@ -474,7 +474,7 @@ def test_enroll_skips_people_it_cannot_name_and_goes_on(tmp_path: Path, manifest
     assert done.stdout.decode().splitlines() == [
         f"enrolled 2 photo(s), 0 already enrolled; gallery {tmp_path / 'g.db'} holds 2 people; skipped 2"]
     listed = _script("gallery", "list", "--gallery", tmp_path / "g.db", env={"PYTHONIOENCODING": "utf-8"})
-    assert listed.stdout.decode().splitlines() == ["Pervez_Musharraf\t1", "Ren\\xe9\t1"]
+    assert listed.stdout.decode().splitlines() == ["Pervez_Musharraf\t1\talways", "Ren\\xe9\t1\talways"]
 
 
 def test_enroll_twice_adds_nothing_and_replace_reenrolls(tmp_path: Path, manifest: object, lfw: Path) -> None:

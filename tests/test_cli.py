@@ -348,7 +348,7 @@ def test_enroll_identify_and_manage_a_gallery(capsys: pytest.CaptureFixture[str]
     assert code == 0, err
     assert out == [f"enrolled 6 photo(s), 0 already enrolled; gallery {db} holds 2 people; skipped 0"]
     code, out, _ = run(capsys, "gallery", "list", "--gallery", db)
-    assert code == 0 and out == [f"{bob}\t3", f"{alice}\t3"]
+    assert code == 0 and out == [f"{bob}\t3\talways", f"{alice}\t3\talways"]  # name, embeddings, access rules
 
     queries = [alice_photos[3], bob_photos[3], sorted((lfw / stranger).glob("*.jpg"))[0]]
     code, out, _ = run(capsys, "identify", *queries, "--gallery", db, "--json")
@@ -367,7 +367,7 @@ def test_enroll_identify_and_manage_a_gallery(capsys: pytest.CaptureFixture[str]
     code, out, _ = run(capsys, "gallery", "remove", bob, "--gallery", db)
     assert code == 0 and out == [f"removed {bob} (3 embedding(s))"]
     code, out, _ = run(capsys, "gallery", "list", "--gallery", db)
-    assert out == [f"{alice}\t3"]
+    assert out == [f"{alice}\t3\talways"]
     code, out, _ = run(capsys, "identify", queries[1], "--gallery", db, "--json")
     assert _central(_records(out)[0])["identity"] == "unknown"
     code, out, err = run(capsys, "gallery", "remove", bob, "--gallery", db)
