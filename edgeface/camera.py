@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgeface.errors import CameraError, ImageError
-from edgeface.images import list_images, load_image
+from edgeface.images import EMPTY_FOLDER, IMAGE_SUFFIXES, MAX_PIXELS, iter_inputs, load_image
 from edgeface.profiles import CameraConfig
 
 CAMERA = "camera"
@@ -61,16 +61,31 @@ class FolderSource(FrameSource):
     decode is reported through `warn` and skipped; no file is given twice."""
 
     def __init__(self, folder: Path, follow: bool = False, stopped: Callable[[], bool] = lambda: False,
-                 warn: Warn = _ignore) -> None:
+                 warn: Warn = _ignore, max_pixels: int = MAX_PIXELS) -> None:
         self.folder, self.follow, self.stopped, self.warn = folder, follow, stopped, warn
+        self.max_pixels = max_pixels
         self._given: set[Path] = set()
         self._sizes: dict[Path, int] = {}
+        self._reported: set[str] = set()
         if not follow and not self._pending():
             raise SourceUnavailable(f"{folder}: no images to use as frames")
 
+    def _images(self) -> list[Path]:
+        """The image files under the folder now; what the walker cannot read (a dangling symlink, an unreadable
+        sub-folder) is reported once through `warn` and passed over, never a reason to stop."""
+        paths = []
+        for item in iter_inputs([self.folder]):
+            if item.problem is None:
+                if item.path.suffix.lower() in IMAGE_SUFFIXES:
+                    paths.append(item.path)
+            elif item.problem != EMPTY_FOLDER and str(item.path) not in self._reported:
+                self._reported.add(str(item.path))
+                self.warn(f"skipped: {item.error()}")
+        return paths
+
     def _pending(self) -> list[Path]:
         """The files not given yet, in order; with `follow`, only those whose size held since the last look."""
-        fresh = [path for path in list_images(self.folder) if path not in self._given]
+        fresh = [path for path in self._images() if path not in self._given]
         if not self.follow:
             return fresh
         ready = []
@@ -91,7 +106,7 @@ class FolderSource(FrameSource):
                 self._given.add(path)
                 self._sizes.pop(path, None)
                 try:
-                    frame = load_image(path)
+                    frame = load_image(path, max_pixels=self.max_pixels)
                 except ImageError as error:
                     self.warn(f"skipped frame: {error}")
                     continue
@@ -199,9 +214,10 @@ class PiCameraSource(FrameSource):
 
 
 def open_source(spec: str, camera: CameraConfig, *, follow: bool = False, stopped: Callable[[], bool] = lambda: False,
-                warn: Warn = _ignore) -> FrameSource:
+                warn: Warn = _ignore, max_pixels: int = MAX_PIXELS) -> FrameSource:
     """The frame source named by `spec`: 'camera', a camera index or /dev/video* path, a folder (with `follow`,
-    watched for new images until `stopped()`) or a video file."""
+    watched for new images until `stopped()`; images over `max_pixels` decoded reduced or skipped) or a video
+    file."""
     if spec == CAMERA:
         try:
             return PiCameraSource(camera, warn)
@@ -211,7 +227,7 @@ def open_source(spec: str, camera: CameraConfig, *, follow: bool = False, stoppe
         return OpenCVSource(int(spec), camera, warn)
     path = Path(spec)
     if path.is_dir():
-        return FolderSource(path, follow, stopped, warn)
+        return FolderSource(path, follow, stopped, warn, max_pixels)
     if follow:
         raise SourceUnavailable(f"{spec}: --follow needs a folder")
     if spec.startswith("/dev/") or path.is_file():

@@ -382,13 +382,12 @@ def run(profile: Profile, gallery: Path, source: str, *, relay_pin: int | None =
     @contextmanager
     def session() -> Iterator[tuple[Iterator[StreamFrame], Galleries]]:
         nonlocal frames
-        if not gallery.is_file() or gallery.stat().st_size == 0:
-            raise GalleryError(f"{gallery}: no such gallery (create it with 'edgeface enroll')")
-        watch = GalleryWatch(gallery, analyzer.open_gallery)
+        watch = GalleryWatch(gallery, lambda path: analyzer.open_gallery(path, create=False))
         try:
             watch.current()
             if frames is None:  # a folder or a video resumes where it stopped; only a lost camera is opened anew
-                frames = open_source(source, profile.camera, follow=follow, stopped=lambda: lock.stopped, warn=warn)
+                frames = open_source(source, profile.camera, follow=follow, stopped=lambda: lock.stopped, warn=warn,
+                                     max_pixels=profile.runtime.max_image_pixels)
             try:
                 yield door_stream(profile, analyzer, rules, watch.current).run(frames), watch.current
             except CameraError:

@@ -66,7 +66,7 @@ def _text(event: dict[str, object]) -> str:
 def run(profile: Profile, source: str, gallery: Path | None, as_json: bool, follow: bool = False) -> int:
     """Print the events of `source` until it ends (0)."""
     analyzer = FaceAnalyzer(profile)
-    watch = GalleryWatch(gallery, analyzer.open_gallery) if gallery is not None else None
+    watch = None if gallery is None else GalleryWatch(gallery, lambda path: analyzer.open_gallery(path, create=False))
     if watch is not None:
         watch.current()
 
@@ -76,7 +76,8 @@ def run(profile: Profile, source: str, gallery: Path | None, as_json: bool, foll
     rules = accept_rules(profile, analyzer)
     stream = door_stream(profile, analyzer, rules, None if watch is None else watch.current)
     try:
-        with open_source(source, profile.camera, follow=follow, warn=warn) as frames:
+        with open_source(source, profile.camera, follow=follow, warn=warn,
+                         max_pixels=profile.runtime.max_image_pixels) as frames:
             for event in events(stream.run(frames), watch, rules):
                 print(json.dumps(event) if as_json else _text(event), flush=True)
     finally:

@@ -140,3 +140,12 @@ def test_camera_without_picamera2_or_opencv_says_what_to_install(monkeypatch: py
     monkeypatch.setitem(sys.modules, "cv2", None)
     with pytest.raises(CameraError, match="opencv-python-headless.*python3-picamera2"):
         open_source("camera", CAMERA)
+
+
+def test_a_dangling_symlink_in_the_folder_is_reported_once_and_never_stops_it(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 6), RED).save(tmp_path / "a.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")
+    warnings: list[str] = []
+    source = FolderSource(tmp_path, warn=warnings.append)
+    assert len(list(source)) == 1 and list(source) == []
+    assert len(warnings) == 1 and "b.png" in warnings[0]
