@@ -17,6 +17,23 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
 
 
+def greedy_pairs(scores: np.ndarray, allowed: np.ndarray) -> list[tuple[int, int]]:
+    """(row, column) pairs of an N x M score matrix, highest score first, each row and column used at most once,
+    only where `allowed`."""
+    pairs: list[tuple[int, int]] = []
+    rows: set[int] = set()
+    columns: set[int] = set()
+    for flat in np.argsort(np.where(allowed, -scores, np.inf), axis=None, kind="stable"):
+        i, j = (int(v) for v in np.unravel_index(flat, scores.shape))
+        if not allowed[i, j]:
+            break
+        if i not in rows and j not in columns:
+            pairs.append((i, j))
+            rows.add(i)
+            columns.add(j)
+    return pairs
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, mode: str = "union",
         max_keep: int | None = None) -> np.ndarray:
     """Indices of the boxes kept by greedy NMS, best score first.

@@ -19,6 +19,7 @@ import numpy as np
 
 from edgeface.analyzer import Face, FaceAnalyzer
 from edgeface.liveness import log_sharpness
+from edgeface.nms import greedy_pairs, iou_matrix
 
 FULL_QUALITY_SIDE = 112.0  # MobileFaceNet's input side: larger faces add no detail to the embedding
 SHARPNESS_FULL = 5.0  # log Laplacian variance of a crisp webcam face (see edgeface.liveness.log_sharpness)
@@ -73,16 +74,6 @@ class Track:
         return self.box + np.tile(shift, 2), self.landmarks + shift
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of `a` (N x 4) against every box of `b` (M x 4): N x M."""
-    low = np.maximum(a[:, None, :2], b[None, :, :2])
-    high = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(high - low, 0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-
-
 def landmark_shift(a: np.ndarray, b: np.ndarray, a_boxes: np.ndarray) -> np.ndarray:
     """Mean landmark distance of every face of `a` (N x 5 x 2) to every face of `b` (M x 5 x 2), in units of
     the side of `a`'s box: N x M."""
@@ -111,16 +102,10 @@ class FaceTracker:
             points = np.array([p[1] for p in predicted])
             found_boxes = np.array([face.box for face in faces], np.float64)
             found_points = np.array([face.landmarks for face in faces], np.float64)
-            iou = box_iou(boxes, found_boxes)
+            iou = iou_matrix(boxes, found_boxes)
             shift = landmark_shift(points, found_points, boxes)
-            cost = (1.0 - iou) + shift
             allowed = (iou >= cfg.min_iou) | (shift <= cfg.max_landmark_shift)
-            for flat in np.argsort(np.where(allowed, cost, np.inf), axis=None):
-                t, f = np.unravel_index(flat, cost.shape)
-                if not allowed[t, f]:
-                    break
-                if all(t != pt and f != pf for pt, pf in pairs):
-                    pairs.append((int(t), int(f)))
+            pairs = greedy_pairs(iou - shift, allowed)  # lowest cost (1 - IoU) + shift first
         matched_tracks = {t for t, _ in pairs}
         matched_faces = {f for _, f in pairs}
         for t, f in pairs:

@@ -109,3 +109,12 @@ def test_matches_naive_loop_on_random_boxes(seed: int) -> None:
             for max_keep in (None, 5):
                 expected = naive_nms(boxes, scores, threshold, mode, max_keep)
                 assert nms(boxes, scores, threshold, mode, max_keep).tolist() == expected, (mode, threshold, max_keep)
+
+
+def test_greedy_pairs_take_the_best_first_once_each_and_only_where_allowed() -> None:
+    from edgeface.nms import greedy_pairs
+
+    scores = np.array([[0.9, 0.8, 0.1], [0.85, 0.2, 0.0], [0.3, 0.7, 0.6]])
+    allowed = scores >= 0.5
+    assert greedy_pairs(scores, allowed) == [(0, 0), (2, 1)]  # row 1 lost its only partner to row 0
+    assert greedy_pairs(scores, np.zeros_like(allowed)) == []

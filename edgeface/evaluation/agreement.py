@@ -14,6 +14,7 @@ from edgeface.analyzer import Face, FaceAnalyzer
 from edgeface.errors import ImageError
 from edgeface.gallery import UNKNOWN, Gallery
 from edgeface.images import load_image
+from edgeface.nms import greedy_pairs, iou_matrix
 
 MIN_IOU = 0.5
 """Two detections of one face by the two precisions overlap at least this much."""
@@ -25,20 +26,9 @@ def pair_faces(first: list[Face], second: list[Face], min_iou: float = MIN_IOU) 
     """(index in first, index in second, IoU) of the faces found by both, best overlaps paired first."""
     if not first or not second:
         return []
-    a = np.array([face.box for face in first], np.float64)
-    b = np.array([face.box for face in second], np.float64)
-    low, high = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(high - low, 0, None), axis=2)
-    area = lambda boxes: np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=1)  # noqa: E731
-    iou = inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
-    pairs: list[tuple[int, int, float]] = []
-    for flat in np.argsort(-iou, axis=None):
-        i, j = (int(v) for v in np.unravel_index(flat, iou.shape))
-        if iou[i, j] < min_iou:
-            break
-        if all(i != p and j != q for p, q, _ in pairs):
-            pairs.append((i, j, float(iou[i, j])))
-    return pairs
+    iou = iou_matrix(np.array([face.box for face in first], np.float64),
+                     np.array([face.box for face in second], np.float64))
+    return [(i, j, float(iou[i, j])) for i, j in greedy_pairs(iou, iou >= min_iou)]
 
 
 @dataclass
