@@ -233,10 +233,10 @@ class DoorLock:
         """True once `stop` was called."""
         return self._stop.is_set()
 
-    def _record(self, verdict: Verdict, track: Track, threshold: float | None) -> dict[str, object]:
+    def _record(self, verdict: Verdict, track: Track) -> dict[str, object]:
         return {"decision": verdict.decision, "track": track.track_id, "identity": verdict.identity,
                 "similarity": None if verdict.similarity is None else round(verdict.similarity, 4),
-                "threshold": None if threshold is None else round(threshold, 4),
+                "threshold": None if verdict.threshold is None else round(verdict.threshold, 4),
                 "liveness": None if verdict.liveness is None else round(verdict.liveness, 4),
                 "frames": track.hits, "views": len(track.views),
                 **({"reason": verdict.reason} if verdict.reason else {})}
@@ -275,16 +275,14 @@ class DoorLock:
             track.state["verdict"] = verdict
             decisions.append(verdict.decision)
             if verdict.decision == "unlock":
-                self.audit.write(self._record(verdict, track, self.rules.threshold(current)))  # first: or no unlock
+                self.audit.write(self._record(verdict, track))  # first: no unlock that is not in the log
                 self._pulse()
         for track in result.ended:
-            verdict = track.state.get("verdict") or track.state.get("last")
-            if not track.confirmed or (isinstance(verdict, Verdict) and verdict.decision == "unlock"):
+            verdict = track.state.get("verdict") or track.state.get("last") or Verdict("wait")
+            if not track.confirmed or verdict.decision == "unlock":
                 continue
-            final = verdict if isinstance(verdict, Verdict) and verdict.decision != "wait" else Verdict(
-                "unknown", similarity=verdict.similarity if isinstance(verdict, Verdict) else None,
-                liveness=verdict.liveness if isinstance(verdict, Verdict) else None)
-            self.audit.write(self._record(final, track, None))
+            final = verdict if verdict.decision != "wait" else replace(verdict, decision="unknown", threshold=None)
+            self.audit.write(self._record(final, track))
             decisions.append(final.decision)
         return decisions
 

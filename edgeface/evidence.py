@@ -75,6 +75,7 @@ class Verdict:
     similarity: float | None = None
     liveness: float | None = None  # P(live) of the mean logit
     reason: str | None = None
+    threshold: float | None = None  # the similarity it was judged against (None before identity was judged)
 
 
 @dataclass(frozen=True)
@@ -87,16 +88,10 @@ class AcceptRules:
     impostor: ImpostorModel
     liveness_threshold: float | None  # P(live); None: liveness not required
 
-    def threshold(self, gallery: Gallery) -> float:
-        """The similarity a person must reach with this gallery's number of people."""
-        return accept_threshold(len(gallery.people()), self.false_accept_rate, self.impostor, self.floor)
-
-    def identity(self, track: Track, gallery: Gallery) -> tuple[str, float]:
-        """(best person, mean similarity over the track's views), against the gallery as it is now."""
-        if not track.views:
-            return UNKNOWN, -1.0
-        people = len(gallery.people())
-        if people == 0:
+    def identity(self, track: Track, gallery: Gallery, people: int) -> tuple[str, float]:
+        """(best person, mean similarity over the track's views), against the gallery as it is now (`people`
+        enrolled in it)."""
+        if not track.views or people == 0:
             return UNKNOWN, -1.0
         totals: dict[str, float] = {}
         for ranked in gallery.match(np.stack([view.embedding for view in track.views]), people):
@@ -108,7 +103,7 @@ class AcceptRules:
     def candidate(self, track: Track, gallery: Gallery) -> bool:
         """Whether the track matches someone enrolled at the floor at least (only then is its liveness worth
         scoring: nobody else can open the door)."""
-        return self.identity(track, gallery)[1] >= self.floor
+        return self.identity(track, gallery, len(gallery.people()))[1] >= self.floor
 
     def liveness(self, track: Track) -> float | None:
         """P(live) of the mean logit over the first `min_frames` scored frames (None before there are that many)."""
@@ -127,7 +122,9 @@ class AcceptRules:
                 return Verdict("wait")
             if live < self.liveness_threshold:
                 return Verdict("not_live", liveness=live)
-        name, similarity = self.identity(track, gallery)
-        if name == UNKNOWN or similarity < self.threshold(gallery):
-            return Verdict("wait", UNKNOWN, similarity, live)
-        return Verdict("unlock", name, similarity, live)
+        people = len(gallery.people())
+        threshold = accept_threshold(people, self.false_accept_rate, self.impostor, self.floor)
+        name, similarity = self.identity(track, gallery, people)
+        if name == UNKNOWN or similarity < threshold:
+            return Verdict("wait", UNKNOWN, similarity, live, threshold=threshold)
+        return Verdict("unlock", name, similarity, live, threshold=threshold)
