@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[convert,report,dev,fleet]'
+	$(BIN)/pip install --quiet -e '.[convert,tools,dev,fleet]'
 	touch $@
 
 models: install
@@ -40,7 +40,7 @@ $(BENCH_VENV)/.installed:
 	touch $@
 
 bench: models $(BENCH_VENV)/.installed
-	$(BIN)/edgeface bench --profile $(PROFILE) --against $(BENCH_VENV)/bin/python
+	$(BIN)/edgeface bench --side-by-side --profile $(PROFILE) --against $(BENCH_VENV)/bin/python
 
 # One tarball in dist/ that installs the door lock on a Raspberry Pi offline (deploy/bundle.py); FLEET=1 adds the
 # fleet extra's wheels (edgeface doorlock --fleet).

@@ -26,10 +26,10 @@ from convert import ConvertError, antispoofing, calibration, mobilefacenet, mtcn
 from convert.calibration import CalibrationSet
 from convert.equalize import channel_ranges, equalize
 from convert.tflite import atomic_write, full_integer, run_onnx2tf
-from edgeface.inspection import float_leftovers
 from edgeface.interpreter import TFLiteModel, make_interpreter
 from edgeface.manifest import MANIFEST_NAME, MANIFEST_VERSION, Manifest, ModelSpec, Quantization, TensorSpec
 from edgeface.retinaface import RetinaFace
+from edgeface.tools.inspection import float_leftovers
 
 CONVERTER_PACKAGES = ("onnx2tf", "tensorflow", "onnx", "onnxsim", "torch")
 OPSET = 13

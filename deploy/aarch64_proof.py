@@ -3,8 +3,9 @@
 The arm64 userland is a cached debootstrap rootfs run in a chroot through qemu-user-static, registered with
 binfmt_misc, so the bundle's install.sh runs unmodified (with --venv-only: no systemd there). The x86-64 side is
 a fresh venv with the bundle's wheel and its pinned requirements from PyPI. Both run `edgeface detect --json` on
-the same photo with the bundle's own models and profile; the faces must match. Needs root (apt-get, debootstrap,
-binfmt_misc, chroot).
+the same photo with the bundle's own models and profile; the faces must match. The arm64 side then runs `edgeface bench`
+on the bundle's sample frames with only the profile's int8 models (emulated: that it runs is the point, its figures
+are not the board's). Needs root (apt-get, debootstrap, binfmt_misc, chroot).
 
     python -m deploy.aarch64_proof --bundle dist/edgeface-rpi4-aarch64.tar.gz --image PHOTO
         [--rootfs DIR] [--work DIR] [--mirror URL] [--tolerance PX] [--score-tolerance S]
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgeface.errors import EdgefaceError
@@ -200,10 +201,21 @@ class Side:
     detections: dict
     xnnpack: bool
     """Whether LiteRT logged creating the XNNPACK delegate (the fast int8 path the profile asks for)."""
+    bench: dict | None = None
+    """`edgeface bench --json` from the bundle (arm64 only)."""
 
     def runs_on(self, machine: str) -> bool:
         """Whether the venv's interpreter reports `machine` and its ai-edge-litert wheel was built for it."""
         return self.probe["machine"] == machine and all(tag.endswith(machine) for tag in self.probe["litert"])
+
+
+def bench_ran(report: dict | None) -> bool:
+    """Whether a `bench --json` report timed the detector and the embedder on the profile's int8 models."""
+    if not report:
+        return False
+    stages = {row["stage"] for row in report["stages"]}
+    return report["meta"]["precision"] == "int8" and {"detector invoke", "embed"} <= stages \
+        and report["one_frame_ms"] > 0
 
 
 def _side(probe: subprocess.CompletedProcess[str], detect: subprocess.CompletedProcess[str]) -> Side:
@@ -234,7 +246,12 @@ def prove(bundle: Path, image: Path, rootfs: Path, work: Path, mirror: str) -> t
     detect = in_chroot(rootfs, [f"{PREFIX}/bin/edgeface", "detect", "--json", "--profile", f"{PREFIX}/{profile}.toml",
                                 f"{STAGE}/{image.name}"], "edgeface detect (arm64)")
     print(f"arm64: detect {_timed(started)}")
-    arm64 = _side(in_chroot(rootfs, [f"{PREFIX}/venv/bin/python", "-c", PROBE], "probe (arm64)"), detect)
+    started = time.monotonic()
+    bench = in_chroot(rootfs, [f"{PREFIX}/bin/edgeface", "bench", "--json", "--repeats", "1", "--profile",
+                               f"{PREFIX}/{profile}.toml"], "edgeface bench (arm64)")
+    print(f"arm64: bench on the bundle's sample frames {_timed(started)} (emulated: not the board's speed)")
+    arm64 = replace(_side(in_chroot(rootfs, [f"{PREFIX}/venv/bin/python", "-c", PROBE], "probe (arm64)"), detect),
+                    bench=json.loads(bench.stdout))
 
     venv = work / "x86-venv"
     started = time.monotonic()
@@ -248,6 +265,7 @@ def prove(bundle: Path, image: Path, rootfs: Path, work: Path, mirror: str) -> t
     for name, side in (("x86-64", x86), ("arm64", arm64)):
         print(f"{name}: {json.dumps(side.probe)}, XNNPACK delegate {side.xnnpack}")
         (work / f"{name}.json").write_text(json.dumps(side.detections) + "\n")
+    (work / "arm64-bench.json").write_text(json.dumps(arm64.bench, indent=1) + "\n")
     return x86, arm64
 
 
@@ -276,12 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     result = compare(x86.detections, arm64.detections)
     # XNNPACK on both sides: without it (no /sys in the chroot) arm64 fell back to other kernels, boxes 2.6 px off.
     native = arm64.runs_on("aarch64") and x86.runs_on("x86_64") and arm64.xnnpack and x86.xnnpack
-    verdict = "PASS" if native and result.passes(args.tolerance, args.score_tolerance) else "FAIL"
+    benched = bench_ran(arm64.bench)
+    verdict = "PASS" if native and benched and result.passes(args.tolerance, args.score_tolerance) else "FAIL"
     print(f"aarch64-proof: {verdict}: aarch64 interpreter and wheel {arm64.runs_on('aarch64')}, "
           f"x86_64 {x86.runs_on('x86_64')}, XNNPACK both {arm64.xnnpack and x86.xnnpack}; "
           f"faces x86-64 {result.faces_x86}, arm64 {result.faces_arm64}; "
           f"same size {result.size_equal}; max box diff {result.box_px:.3f} px, landmark {result.landmark_px:.3f} px "
-          f"(limit {args.tolerance}), score {result.score:.5f} (limit {args.score_tolerance})")
+          f"(limit {args.tolerance}), score {result.score:.5f} (limit {args.score_tolerance}); "
+          f"bench on arm64 {'ran' if benched else 'FAILED'}")
     return 0 if verdict == "PASS" else 1
 
 

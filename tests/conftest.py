@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeface.datasets import data_dir
 from edgeface.errors import ModelError
 from edgeface.manifest import Manifest, load_manifest
+from edgeface.tools.datasets import data_dir
 
 
 @pytest.fixture(scope="session")

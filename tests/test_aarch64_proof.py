@@ -1,6 +1,6 @@
 """`make aarch64-proof` within the test run, once it has set up this machine (root, a cached arm64 rootfs): the
-rpi4 bundle of these models installs with its install.sh in emulated arm64 Debian and detects there exactly as on
-x86-64. About 45 s warm; skipped elsewhere."""
+rpi4 bundle of these models installs with its install.sh in emulated arm64 Debian, detects there exactly as on
+x86-64, and runs `edgeface bench` on its own sample frames. Skipped elsewhere."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.aarch64_proof import MIRROR, compare, prove
+from deploy.aarch64_proof import MIRROR, bench_ran, compare, prove
 from deploy.bundle import build_bundle
 from edgeface.manifest import Manifest, edgeface_home
 
@@ -31,6 +31,7 @@ def test_bundle_detects_on_emulated_arm64_as_on_x86(manifest: Manifest, rootfs: 
     x86, arm64 = prove(bundle, image, rootfs, tmp_path / "work", MIRROR)
     assert arm64.runs_on("aarch64") and x86.runs_on("x86_64"), (arm64.probe, x86.probe)
     assert arm64.xnnpack and x86.xnnpack
+    assert bench_ran(arm64.bench), arm64.bench
     result = compare(x86.detections, arm64.detections)
     assert result.passes(tolerance=1.0, score_tolerance=0.01), result
 

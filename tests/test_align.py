@@ -7,8 +7,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from edgeface.align import ARCFACE_TEMPLATE, align_face, align_faces, sampling_matrix, similarity_transform
-from edgeface.datasets import data_dir
 from edgeface.images import list_images, load_image
+from edgeface.tools.datasets import data_dir
 
 
 def _similarity(angle: float, scale: float, tx: float, ty: float) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""`edgeface bench`: its arithmetic, the XNNPACK op accounting, and one small run of every measurement."""
+"""`edgeface bench --side-by-side` (workstation): its arithmetic, the XNNPACK op accounting, and one small run of
+every measurement."""
 
 from __future__ import annotations
 
@@ -7,15 +8,23 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import subset
-from edgeface.bench import (PIPELINE_ROUNDS, STAGES, against, bench, detector_stages, gallery_latency,
-                            graph_difference, markdown, percentiles)
+
 from edgeface.analyzer import FaceAnalyzer
-from edgeface.inspection import model_ops, undelegated_ops
 from edgeface.interpreter import TFLiteModel
+from edgeface.latency import STAGES, percentiles
 from edgeface.manifest import Manifest
 from edgeface.profiles import load_profile
+from edgeface.tools.bench import (
+    PIPELINE_ROUNDS,
+    against,
+    bench,
+    detector_stages,
+    gallery_latency,
+    graph_difference,
+    markdown,
+)
+from edgeface.tools.inspection import model_ops, undelegated_ops
 
 
 def test_percentiles_by_hand() -> None:

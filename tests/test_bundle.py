@@ -12,8 +12,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from conftest import subset
+from PIL import Image
+
 from deploy.aarch64_proof import compare
 from deploy.bundle import REQUIREMENTS, build_bundle, profile_models
 from edgeface.manifest import Manifest
@@ -53,10 +54,40 @@ def test_bundle_holds_the_profiles_models_only(installed: Path, manifest: Manife
     assert (bundle / "requirements.txt").read_text().split() == list(REQUIREMENTS)
     assert len(list((bundle / "wheels").glob("*.whl"))) == len(REQUIREMENTS)
     assert len(list(bundle.glob("edgeface-*.whl"))) == 1
+    camera = load_profile(PROFILE).camera
+    frames = sorted((bundle / "sample_images").iterdir())
+    assert 1 <= len(frames) <= 8 and sum(f.stat().st_size for f in frames) < 2_000_000
+    for frame in frames:
+        with Image.open(frame) as image:
+            assert image.format == "JPEG" and image.width <= camera.width and image.height <= camera.height
     unit = (bundle / "edgeface-doorlock.service").read_text()
     for line in ("Restart=always", "User=edgeface", "SupplementaryGroups=video gpio",
                  "ExecStart=@PREFIX@/bin/edgeface doorlock --profile @PREFIX@/@PROFILE@.toml"):
         assert line in unit
+
+
+def test_the_installed_wheel_is_the_device_and_benches_from_the_bundle(installed: Path) -> None:
+    """No workstation tool in the installed package; `edgeface bench` runs on the bundle's sample frames with only
+    the profile's int8 models; a workstation command is refused in one line."""
+    opt = installed / "opt"
+    packages = list((opt / "venv" / "lib").glob("python3*/site-packages/edgeface"))
+    assert len(packages) == 1
+    device = Path(__file__).resolve().parents[1] / "edgeface"
+    assert {p.name for p in packages[0].iterdir() if p.name != "__pycache__"} == {p.name for p in device.glob("*.py")}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EDGEFACE_")}
+    bench = subprocess.run([str(opt / "bin" / "edgeface"), "bench", "--json", "--repeats", "1", "--profile",
+                            str(opt / f"{PROFILE}.toml")], capture_output=True, text=True, timeout=600, env=env,
+                           cwd=installed)
+    assert bench.returncode == 0, bench.stderr
+    report = json.loads(bench.stdout)
+    assert report["meta"]["precision"] == "int8" and report["meta"]["folder"] == str(opt / "sample_images")
+    assert report["one_frame_ms"] > 0 and {"detector invoke", "embed", "liveness"} <= {
+        row["stage"] for row in report["stages"]}
+    for command in (["check-quant"], ["check-edgetpu", "x.tflite"], ["bench", "--side-by-side"]):
+        refused = subprocess.run([str(opt / "bin" / "edgeface"), *command], capture_output=True, text=True,
+                                 timeout=120, env=env)
+        assert refused.returncode == 2 and refused.stderr.count("\n") <= 3, refused.stderr
+        assert "make" not in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_offline_install_detects_like_this_checkout(installed: Path, data: Path) -> None:

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import subset
+
 from edgeface.analyzer import Face
-from edgeface.checkquant import largest, nearest_centre, snr_db, stage_models, wider_predictions
 from edgeface.cli import main
 from edgeface.errors import EdgefaceError
-from edgeface.evaluation.gates import GATES_FILE, Gate, check, load_limits, worst_stage
-from edgeface.evaluation.verification import protocol_folds
-from edgeface.evaluation.widerface import SETTINGS, evaluate, image_key, load_ground_truth
 from edgeface.manifest import Manifest
+from edgeface.tools.checkquant import largest, nearest_centre, snr_db, stage_models, wider_predictions
+from edgeface.tools.evaluation.gates import GATES_FILE, Gate, check, load_limits, worst_stage
+from edgeface.tools.evaluation.verification import protocol_folds
+from edgeface.tools.evaluation.widerface import SETTINGS, evaluate, image_key, load_ground_truth
 
 
 def _face(x1: float, y1: float, x2: float, y2: float, score: float = 0.9) -> Face:
@@ -166,7 +166,7 @@ def test_check_quant_quick(manifest: Manifest, data: Path, tmp_path: Path,
 
 
 def test_pairing_takes_the_best_overlaps_first_and_no_face_twice() -> None:
-    from edgeface.evaluation.agreement import pair_faces
+    from edgeface.tools.evaluation.agreement import pair_faces
 
     def face(x: float) -> Face:
         return Face(box=(x, 0.0, x + 10.0, 10.0), score=0.9, landmarks=[(x, 0.0)] * 5)
@@ -178,7 +178,7 @@ def test_pairing_takes_the_best_overlaps_first_and_no_face_twice() -> None:
 
 
 def test_the_int8_threshold_keeps_float_accept_rate() -> None:
-    from edgeface.evaluation.agreement import same_accept_threshold
+    from edgeface.tools.evaluation.agreement import same_accept_threshold
 
     pairs = [(0.9, 0.85), (0.6, 0.52), (0.55, 0.49), (0.3, 0.35), (0.1, 0.12)]
     threshold = same_accept_threshold(pairs, 0.5)  # float accepts 3 of 5
@@ -188,7 +188,7 @@ def test_the_int8_threshold_keeps_float_accept_rate() -> None:
 
 def test_check_quant_on_unlabelled_photos_with_a_gallery(data: Path, manifest: Manifest, tmp_path: Path) -> None:
     from edgeface.analyzer import FaceAnalyzer
-    from edgeface.checkquant import run_photos
+    from edgeface.tools.checkquant import run_photos
 
     photos = tmp_path / "photos"
     photos.mkdir()

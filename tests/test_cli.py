@@ -309,7 +309,8 @@ def test_unknown_profile(any_image: Path) -> None:
 def test_missing_models(tmp_path: Path, any_image: Path) -> None:
     code, out, err = run_script("detect", any_image, "--json", env={"EDGEFACE_MODELS": str(tmp_path)})
     assert code != 0 and out == ""
-    assert len(err) == 1 and str(tmp_path) in err[0] and "make models" in err[0]
+    assert len(err) == 1 and str(tmp_path) in err[0] and "EDGEFACE_MODELS" in err[0]
+    assert "python -m convert" in err[0] and "make" not in err[0]
 
 
 @pytest.mark.parametrize("command", [["identify", "IMAGE"], ["gallery", "list"]])

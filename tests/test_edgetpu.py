@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 
 from deploy.bundle import _copy_models, profile_models
-from edgeface import edgetpu, interpreter
+from edgeface import interpreter
 from edgeface.cli import main
-from edgeface.edgetpu import EDGETPU_OPS, edgetpu_problems
 from edgeface.errors import ModelError
-from edgeface.inspection import model_ops
 from edgeface.interpreter import EDGETPU_FOLDER, TFLiteModel
 from edgeface.manifest import MANIFEST_NAME, Manifest, load_manifest
 from edgeface.profiles import load_profile
+from edgeface.tools import edgetpu
+from edgeface.tools.edgetpu import EDGETPU_OPS, edgetpu_problems
+from edgeface.tools.inspection import model_ops
 
 
 def int8_models(manifest: Manifest) -> dict[str, Path]:
@@ -106,7 +107,7 @@ def test_edgetpu_without_a_compile_runs_on_the_cpu_with_one_warning(
     assert all(model.path == models_copy.path(spec) for model in on_tpu)
     np.testing.assert_array_equal(on_tpu[0].run(faces)["embedding"], cpu)
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("edgeface: warning")]
-    assert len(warnings) == 1 and "make edgetpu" in warnings[0]
+    assert len(warnings) == 1 and "compile it with edgetpu_compiler" in warnings[0]
 
 
 def test_edgetpu_runs_the_compiled_model_with_the_delegate(models_copy: Manifest,
@@ -137,7 +138,7 @@ def test_edgetpu_compiled_without_the_device_falls_back_to_the_int8_file(
 
 def test_a_stale_edgetpu_compile_is_an_error_naming_it(models_copy: Manifest) -> None:
     compiled = _compile(models_copy, "mobilefacenet", "0" * 64)
-    with pytest.raises(ModelError, match=f"{compiled}: not compiled from the current .*make edgetpu"):
+    with pytest.raises(ModelError, match=f"{compiled}: not compiled from the current .*compile it again with edgetpu_compiler"):
         TFLiteModel(models_copy, models_copy.get("mobilefacenet", "int8"), delegate="edgetpu")
 
 

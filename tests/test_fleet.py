@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from PIL import Image
 
 from edgeface.access import AccessRules
@@ -39,7 +38,7 @@ except FleetError as missing:  # the fleet extra is not installed
         raise
     pytest.skip(str(missing), allow_module_level=True)
 
-from bench.fleet_bench import LocalBroker, Watcher, mosquitto_binary  # noqa: E402
+from edgeface.tools.fleet_bench import LocalBroker, Watcher, mosquitto_binary  # noqa: E402
 
 SHA, DIM, SITE = "ab" * 32, 8, "home"
 REPORT_KEYS = {"version", "offered", "added", "removed", "updated", "unchanged", "status", "error", "time"}

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeface.evaluation.landmarks import AnnotatedFace, face_nme, five_points, match, nme, read_imglab
+from edgeface.tools.evaluation.landmarks import AnnotatedFace, face_nme, five_points, match, nme, read_imglab
 
 
 def _ibug(offset: float = 0.0) -> np.ndarray:

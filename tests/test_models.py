@@ -8,16 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import subset
+
 from edgeface.align import align_face
 from edgeface.images import letterbox, load_image
-from edgeface.inspection import float_leftovers, undelegated_ops
 from edgeface.interpreter import TFLiteModel
 from edgeface.manifest import Manifest, edgeface_home
 from edgeface.mtcnn import crop_square_resized
 from edgeface.nms import iou_matrix
 from edgeface.retinaface import RetinaFace
+from edgeface.tools.inspection import float_leftovers, undelegated_ops
 
 FAMILIES = ("retinaface-320", "retinaface-640", "pnet", "rnet", "onet", "mobilefacenet")
 

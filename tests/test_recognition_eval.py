@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeface.evaluation.identification import open_set, split_people, threshold_for
-from edgeface.evaluation.verification import protocol_accuracy, read_pairs, roc, tar_at_far
+from edgeface.tools.evaluation.identification import open_set, split_people, threshold_for
+from edgeface.tools.evaluation.verification import protocol_accuracy, read_pairs, roc, tar_at_far
 
 
 def test_read_pairs(tmp_path: Path) -> None:

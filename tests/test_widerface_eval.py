@@ -7,9 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeface.evaluation.widerface import (
-    SETTINGS, GroundTruth, ImageGT, evaluate, image_key, iou_plus1, load_ground_truth, parse_bbx_gt, voc_ap)
-
+from edgeface.tools.evaluation.widerface import (
+    SETTINGS,
+    GroundTruth,
+    ImageGT,
+    evaluate,
+    image_key,
+    iou_plus1,
+    load_ground_truth,
+    parse_bbx_gt,
+    voc_ap,
+)
 
 
 @pytest.fixture(scope="module")

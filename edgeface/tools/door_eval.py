@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 
 from edgeface.analyzer import FaceAnalyzer
-from edgeface.datasets import data_dir
 from edgeface.gallery import Gallery
 from edgeface.images import load_image
 from edgeface.profiles import Profile, load_profile
+from edgeface.tools.datasets import data_dir
 from edgeface.tools.stream_bench import ENROLL, Visit, nuaa_visits, per_frame_visit, tracked_visit
 
 LOOPS = ("tracked", "per_frame")

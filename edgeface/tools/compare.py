@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+
 def timed(call, images: list[np.ndarray]) -> dict[str, object]:
     """Per-photo milliseconds of `call(image)` (returning the faces found), after one warm-up call."""
     call(images[0])
@@ -68,8 +69,8 @@ def lfw_accuracy(root: Path) -> dict[str, object]:
     a pair missing a face scores lowest; folds and thresholds as edgeface check-quant chooses them."""
     import face_recognition
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from edgeface.evaluation.verification import protocol_accuracy, protocol_folds, read_pairs
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout: edgeface/tools/compare.py
+    from edgeface.tools.evaluation.verification import protocol_accuracy, protocol_folds, read_pairs
 
     pairs = read_pairs(root / "pairs.txt")
     folds, how = protocol_folds(root / "pairs.txt", np.arange(len(pairs)))

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from edgeface.evaluation.agreement import NEAR_THRESHOLD as NEAR
-from edgeface.evaluation.widerface import SETTINGS
-
-if TYPE_CHECKING:
-    from edgeface.checkquant import Results
+from edgeface.tools.evaluation.agreement import NEAR_THRESHOLD as NEAR
+from edgeface.tools.evaluation.results import Results
+from edgeface.tools.evaluation.widerface import SETTINGS
 
 PRECISIONS = ("float", "int8")
 STYLE = {"float": "-", "int8": "--"}

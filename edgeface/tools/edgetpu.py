@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from edgeface.inspection import float_leftovers
-from edgeface.interpreter import make_interpreter
+from edgeface.tools.inspection import float_leftovers, read_graph
 
 EDGETPU_OPS = frozenset({
     "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "EXPAND_DIMS", "FULLY_CONNECTED",
@@ -27,22 +26,20 @@ HARD_SWISH, DEQUANTIZE and others are absent: they run on the CPU)."""
 
 def edgetpu_problems(path: Path) -> list[str]:
     """Why `path` cannot fully map to the Edge TPU; an empty list means every requirement holds."""
-    interpreter = make_interpreter(path, threads=1, delegate="none")
-    ops = interpreter._get_ops_details()
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    graph = read_graph(path)
     leftovers = float_leftovers(path)
     problems = [f"not full-integer: {len(leftovers)} float tensors or ops, first {leftovers[0]}"] if leftovers else []
-    activations = {i for op in ops for i in op["outputs"]} | {d["index"] for d in interpreter.get_input_details()}
-    for index in sorted(activations & tensors.keys()):
-        tensor = tensors[index]
-        if (tensor["shape_signature"] < 0).any():
-            problems.append(f"tensor '{tensor['name']}' has a dynamic shape {tensor['shape_signature'].tolist()}")
-        elif (tensor["shape"][:-3] > 1).any():
-            problems.append(f"tensor '{tensor['name']}' {tensor['shape'].tolist()}: only the innermost 3 dimensions "
+    activations = {i for op in graph.ops for i in op.outputs} | set(graph.inputs)
+    for index in sorted(activations):
+        tensor = graph.tensors[index]
+        if any(size < 0 for size in tensor.shape_signature):
+            problems.append(f"tensor '{tensor.name}' has a dynamic shape {list(tensor.shape_signature)}")
+        elif any(size > 1 for size in tensor.shape[:-3]):
+            problems.append(f"tensor '{tensor.name}' {list(tensor.shape)}: only the innermost 3 dimensions "
                             f"may exceed 1")
-    for op in ops:
-        if op["op_name"] == "PRELU" and (tensors[op["inputs"][1]]["shape"][:-1] > 1).any():
-            problems.append(f"op PRELU #{op['index']}: alpha must vary along the channels only")
-    unsupported = Counter(op["op_name"] for op in ops if op["op_name"] not in EDGETPU_OPS)
+    for op in graph.ops:
+        if op.name == "PRELU" and any(size > 1 for size in graph.tensors[op.inputs[1]].shape[:-1]):
+            problems.append(f"op PRELU #{op.index}: alpha must vary along the channels only")
+    unsupported = Counter(op.name for op in graph.ops if op.name not in EDGETPU_OPS)
     problems += [f"op {name} x{count} is not supported by the Edge TPU" for name, count in sorted(unsupported.items())]
     return problems
