@@ -176,7 +176,7 @@ def expected_section(report: dict[str, Any]) -> str:
               f"{meta['threads']} threads {meta['delegate']}, {meta['precision']}, p50 over {meta['photos']} photos "
               f"x {meta['repeats']}, {meta['date'][:10]}")
     return "\n".join(["[expected]", f"# One frame: detector invoke at [detector] input_size + one MobileFaceNet "
-                      f"embedding, {meta['precision']}.", f"latency_ms = {round(report['one_frame_ms'])}",
+                      f"embedding, {meta['precision']}.", f"latency_ms = {report['one_frame_ms']:.1f}",
                       f"source = {json.dumps(source)}"])
 
 
