@@ -55,6 +55,7 @@ class Target:
     decoder: dict[str, Any]
     equalize: bool = False  # rescale activation channels before onnx2tf (convert.equalize), exact in float
     clip_quantile: float | None = None  # int8 activation ranges from quantiles, not min/max (tflite.full_integer)
+    bias_correct: bool = False  # fold each layer's mean int8 output error into its bias (convert.bias_correction)
 
 
 RAW_RGB = {"layout": "NHWC", "channel_order": "RGB", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
@@ -110,6 +111,7 @@ def _mobilefacenet_target() -> Target:
         meanings={"embedding": "192-d face embedding, not L2-normalised"},
         decoder={},
         equalize=True, clip_quantile=mobilefacenet.CLIP_QUANTILE,
+        bias_correct=True,  # mean cos(int8, float) 0.9904 -> 0.9927 on LFW fold 1, 0.9907 -> 0.9930 on CelebA dev
     )
 
 
@@ -305,14 +307,15 @@ class Builder:
                 saved_model, _ = _onnx2tf(int8_graph, work / f"{target.key}-int8.onnx", sample)
             log(f"{target.key}: int8 calibration on {self.calib.name}")
             count = sum(1 for _ in target.samples(self.calib))
-            int8 = full_integer(saved_model, lambda: target.samples(self.calib), target.clip_quantile)
+            int8 = full_integer(saved_model, lambda: target.samples(self.calib), target.clip_quantile,
+                                target.bias_correct)
             int8_path = work / f"{target.key}.int8.tflite"
             int8_path.write_bytes(int8)
             leftovers = float_leftovers(int8_path)
             if leftovers:
                 raise ConvertError(f"{target.key}: int8 model is not full-integer: {', '.join(leftovers[:5])}")
             method = {"activation_equalization": target.equalize, "clip_quantile": target.clip_quantile,
-                      "ops_rewritten_for_xnnpack": rewritten + split}
+                      "bias_correction": target.bias_correct, "ops_rewritten_for_xnnpack": rewritten + split}
             common = {"converter": self.versions, "calibration": {**self.calib.describe(count), **method}}
             entries = {}
             for precision, path in (("float", float_path), ("int8", int8_path)):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from convert import ConvertError
+from convert import ConvertError, bias_correction
 
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
@@ -76,13 +76,14 @@ def run_onnx2tf(onnx_path: Path, work: Path, sample_images: np.ndarray) -> tuple
 
 
 def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
-                 clip_quantile: float | None = None) -> bytes:
+                 clip_quantile: float | None = None, bias_correct: bool = False) -> bytes:
     """Full-integer int8 TFLite from a SavedModel, calibrated on `samples()` (real-valued NHWC batches of 1).
 
     By default each activation's int8 range is its min/max over the samples. With `clip_quantile` (e.g. 0.99999),
     every intermediate activation spans instead the widest per-sample `clip_quantile` / `1 - clip_quantile`
     quantiles: rare outliers, often twice the bulk's extent, are clipped and the bulk gets finer steps. The model's
-    input and outputs keep their full range.
+    input and outputs keep their full range. With `bias_correct`, each conv/depthwise/FC layer's mean output error
+    against the calibrated float model is then folded into its int32 bias (convert.bias_correction).
     """
     import tensorflow as tf
 
@@ -92,17 +93,25 @@ def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
     converter.representative_dataset = lambda: ([sample.astype(np.float32)] for sample in samples())
-    converter._experimental_calibrate_only = clip_quantile is not None  # float model + recorded ranges, requantized
+    two_step = clip_quantile is not None or bias_correct
+    converter._experimental_calibrate_only = two_step  # float model + recorded ranges, quantized by us
     try:
         converted = converter.convert()
-        return converted if clip_quantile is None else _requantize_clipped(converted, samples, clip_quantile)
+        if not two_step:
+            return converted
+        quantized = _requantize_clipped(converted, samples, clip_quantile)
+        return bias_correction.bias_correct(quantized, converted, samples) if bias_correct else quantized
+    except ConvertError:
+        raise
     except Exception as error:  # the converter raises bare Exceptions and ConverterErrors alike
         raise ConvertError(f"{saved_model}: int8 calibration failed: {str(error).splitlines()[0]}") from None
 
 
-def _requantize_clipped(calibrated: bytes, samples: Callable[[], Iterator[np.ndarray]], quantile: float) -> bytes:
+def _requantize_clipped(calibrated: bytes, samples: Callable[[], Iterator[np.ndarray]],
+                        quantile: float | None) -> bytes:
     """Quantize a calibrated float model (min/max recorded per tensor) after narrowing every intermediate range
-    to the lowest per-sample `1 - quantile` and highest per-sample `quantile` quantile of the float values.
+    to the lowest per-sample `1 - quantile` and highest per-sample `quantile` quantile of the float values
+    (with `quantile` None, the recorded min/max as they are).
 
     Uses TF's own calibrate-then-quantize split (`_experimental_calibrate_only`, `mlir_quantize`), which the
     converter version in the build key pins.
@@ -112,6 +121,8 @@ def _requantize_clipped(calibrated: bytes, samples: Callable[[], Iterator[np.nda
     from tensorflow.lite.python.convert import mlir_quantize
     from tensorflow.lite.tools import flatbuffer_utils
 
+    if quantile is None:
+        return mlir_quantize(calibrated, fully_quantize=True, input_data_type=tf.int8, output_data_type=tf.int8)
     model = flatbuffer_utils.convert_bytearray_to_object(calibrated)
     graph = model.subgraphs[0]
     ends = {*graph.inputs, *graph.outputs}

@@ -4,8 +4,9 @@ Interview, and the other way round).
 `python -m edgeface.tools.int8_split [--size 320|640]` builds RetinaFace's int8 model once per candidate setting
 (into `$EDGEFACE_HOME/int8-split/`, reused when present), measures each event's AP with it and with the float
 model, picks the setting with the smallest summed AP loss on one event and prints its loss on the other, in both
-directions. Candidates: the activation quantile (0.99999, as shipped; 0.9999; plain min/max) and the shipped
-quantile with every calibration photo also seen at 0.6x scale (more small faces).
+directions. Candidates: the activation quantile (0.99999, as shipped; 0.9999; plain min/max), the shipped
+quantile with every calibration photo also seen at 0.6x scale (more small faces), and the shipped quantile with
+each layer's bias corrected for its mean int8 error on the calibration photos (convert.bias_correction).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def candidates(target: build.Target, size: int) -> dict[str, build.Target]:
     return {"quantile 0.99999 (shipped)": target,
             "quantile 0.9999": dataclasses.replace(target, clip_quantile=0.9999),
             "min/max": dataclasses.replace(target, clip_quantile=None),
-            "quantile 0.99999, photos also at 0.6x": dataclasses.replace(target, samples=_with_smaller(size))}
+            "quantile 0.99999, photos also at 0.6x": dataclasses.replace(target, samples=_with_smaller(size)),
+            "quantile 0.99999, bias corrected": dataclasses.replace(target, bias_correct=True)}
 
 
 def event_ap(models: Path, precision: str, size: int, root: Path) -> dict[str, list[float]]:

@@ -1,0 +1,172 @@
+"""Empirical per-channel bias correction of a full-integer int8 TFLite model (Nagel et al. 2019, section 4.2;
+AIMET's "empirical bias correction").
+
+Quantizing weights and activations shifts each output channel's mean: E[y_int8 - y_float] != 0 per channel. For
+every convolution, depthwise convolution and fully-connected layer, that shift is measured on calibration inputs,
+by comparing the int8 layer's dequantized output with the same-named tensor of the calibrated float model (the
+converter's calibrate-only output, whose tensor names the quantizer keeps), and folded back into the layer's int32
+bias: bias_q[c] -= round(err[c] / bias_scale[c]), where bias_scale[c] = s_in * s_w[c]. The correction is sequential:
+layers are corrected one dependency level at a time, so a layer's error is measured with every layer it reads
+from already corrected. Only bias values change: the ops, their quantization parameters and so the kernels a
+delegate picks stay the same.
+
+Where the int8 layer has a fused ReLU/ReLU6, its output is clipped; the shift of the pre-activation is estimated
+on the elements whose float value lies a few output steps inside both the activation's clip and the int8 range, where
+neither precision clips and a bias change moves the output one for one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from convert import ConvertError
+
+BIASED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+INT32 = 2  # TensorType
+CLIPPING = {1: (0.0, np.inf), 3: (0.0, 6.0), 2: (-1.0, 1.0)}
+"""Fused activation enum -> its float clip (RELU, RELU6, RELU_N1_TO_1)."""
+MARGIN = 4  # output steps kept clear of a clip when measuring the error (int8 errors are a few steps at most)
+DEFAULT_LIMIT = 64  # calibration samples the errors are measured on, spread over the set
+
+
+@dataclass
+class Layer:
+    """One int8 layer whose bias is corrected."""
+
+    name: str
+    output: int  # tensor index in the int8 model
+    reference: int  # tensor index of the same-named tensor in the float model
+    bias: int  # int32 bias tensor index
+    clip: tuple[float, float] | None  # the fused activation's float clip, None when linear
+    level: int  # dependency level: 1 + the highest level of the corrected layers it depends on
+    shift: np.ndarray | None = None  # the applied correction in bias steps (for reporting)
+
+
+def _op_names() -> dict[int, str]:
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    return {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+
+
+def _layers(model: object, reference: object) -> list[Layer]:
+    """The biased layers of `model` (int8) that have a same-named float tensor of the same shape in `reference`."""
+    graph, names = model.subgraphs[0], _op_names()
+    float_graph = reference.subgraphs[0]
+    float_index = {tensor.name: index for index, tensor in enumerate(float_graph.tensors)}
+    producer_level: dict[int, int] = {}  # tensor -> dependency level of the corrected layers upstream of it
+    layers = []
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        kind = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+        upstream = max((producer_level.get(int(i), 0) for i in op.inputs if i >= 0), default=0)
+        level = upstream
+        output = int(op.outputs[0])
+        name = graph.tensors[output].name  # bytes in the flatbuffer object API, in both models
+        match = float_index.get(name)
+        activation = getattr(op.builtinOptions, "fusedActivationFunction", 0)
+        if (kind in BIASED_OPS and len(op.inputs) > 2 and op.inputs[2] >= 0 and match is not None
+                and (activation == 0 or activation in CLIPPING)):
+            bias = graph.tensors[op.inputs[2]]
+            if (bias.type == INT32 and model.buffers[bias.buffer].data is not None
+                    and list(float_graph.tensors[match].shape) == list(graph.tensors[output].shape)):
+                level = upstream + 1
+                text = name.decode() if isinstance(name, bytes) else str(name)
+                layers.append(Layer(text, output, int(match), int(op.inputs[2]), CLIPPING.get(activation), level))
+        for out in op.outputs:
+            producer_level[int(out)] = level
+    return layers
+
+
+def _int8_input(interpreter: object, sample: np.ndarray) -> np.ndarray:
+    detail = interpreter.get_input_details()[0]
+    scale, zero_point = detail["quantization"]
+    if not scale:
+        return sample.astype(detail["dtype"])
+    info = np.iinfo(detail["dtype"])
+    return np.clip(np.round(sample / scale) + zero_point, info.min, info.max).astype(detail["dtype"])
+
+
+def _shift(quantized: np.ndarray, floating: np.ndarray, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel sums of (int8 - float) and counts, over the elements whose float value lies in [low, high].
+
+    Only the float value selects: selecting on the int8 value too would keep the elements rounded up near a clip
+    and drop those rounded down, and bias the estimate."""
+    channels = quantized.shape[-1]
+    keep = ((floating >= low) & (floating <= high)).reshape(-1, channels)
+    error = (quantized - floating).reshape(-1, channels)
+    return np.where(keep, error, 0.0).sum(axis=0, dtype=np.float64), keep.sum(axis=0)
+
+
+def bias_correct(quantized: bytes, reference: bytes, samples: Callable[[], Iterator[np.ndarray]],
+                 limit: int = DEFAULT_LIMIT, log: Callable[[str], None] | None = None) -> bytes:
+    """`quantized` (full-integer int8 TFLite) with every conv/depthwise/FC bias corrected for the mean output error
+    against `reference` (the float model it was quantized from, same tensor names), measured on `limit` of
+    `samples()` spread evenly over them (real-valued batches of 1, as fed to the float model)."""
+    from ai_edge_litert.interpreter import Interpreter
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(quantized)
+    float_model = flatbuffer_utils.convert_bytearray_to_object(reference)
+    graph = model.subgraphs[0]
+    layers = _layers(model, float_model)
+    if not layers:
+        raise ConvertError("bias correction: no int8 layer matches a float tensor by name")
+    total = sum(1 for _ in samples())
+    chosen = set(np.linspace(0, total - 1, min(limit, total)).round().astype(int).tolist())  # spread over the set
+    inputs = [sample.astype(np.float32) for index, sample in enumerate(samples()) if index in chosen]
+    float_interpreter = Interpreter(model_content=reference, experimental_preserve_all_tensors=True, num_threads=2)
+    float_interpreter.allocate_tensors()
+    float_input = float_interpreter.get_input_details()[0]["index"]
+    references: list[dict[int, np.ndarray]] = []
+    for sample in inputs:
+        float_interpreter.set_tensor(float_input, sample)
+        float_interpreter.invoke()
+        references.append({layer.reference: float_interpreter.get_tensor(layer.reference).copy() for layer in layers})
+    del float_interpreter
+    buffers_used: dict[int, int] = {}
+    for tensor in graph.tensors:
+        buffers_used[tensor.buffer] = buffers_used.get(tensor.buffer, 0) + 1
+    for level in range(1, max(layer.level for layer in layers) + 1):
+        current = [layer for layer in layers if layer.level == level]
+        interpreter = Interpreter(model_content=bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
+                                  experimental_preserve_all_tensors=True, num_threads=2)
+        interpreter.allocate_tensors()
+        input_index = interpreter.get_input_details()[0]["index"]
+        quantization = {detail["index"]: detail["quantization"] for detail in interpreter.get_tensor_details()}
+        sums = {layer.output: 0.0 for layer in current}
+        counts = {layer.output: 0 for layer in current}
+        for sample, floating in zip(inputs, references):
+            interpreter.set_tensor(input_index, _int8_input(interpreter, sample))
+            interpreter.invoke()
+            for layer in current:
+                scale, zero_point = quantization[layer.output]
+                low, high = (-128 - zero_point) * scale, (127 - zero_point) * scale
+                if layer.clip is not None:
+                    low, high = max(low, layer.clip[0]), min(high, layer.clip[1])
+                margin = MARGIN * scale  # away from either clip, int8 rounding never reaches it
+                values = (interpreter.get_tensor(layer.output).astype(np.float32) - zero_point) * scale
+                error_sum, kept = _shift(values, floating[layer.reference], low + margin, high - margin)
+                sums[layer.output] = sums[layer.output] + error_sum
+                counts[layer.output] = counts[layer.output] + kept
+        for layer in current:
+            error = sums[layer.output] / np.maximum(counts[layer.output], 1)
+            bias = graph.tensors[layer.bias]
+            scales = np.asarray(bias.quantization.scale, np.float64)
+            if buffers_used[bias.buffer] > 1:  # never edit a bias another tensor shares
+                copy = type(model.buffers[bias.buffer])()
+                copy.data = np.array(model.buffers[bias.buffer].data, np.uint8)
+                model.buffers.append(copy)
+                buffers_used[bias.buffer] -= 1
+                bias.buffer = len(model.buffers) - 1
+                buffers_used[bias.buffer] = 1
+            values = np.frombuffer(np.asarray(model.buffers[bias.buffer].data, np.uint8).tobytes(), np.int32)
+            layer.shift = np.round(error / scales).astype(np.int64)
+            corrected = np.clip(values.astype(np.int64) - layer.shift, -2**31, 2**31 - 1).astype(np.int32)
+            model.buffers[bias.buffer].data = np.frombuffer(corrected.tobytes(), np.uint8).copy()
+            if log is not None:
+                out_scale = quantization[layer.output][0]
+                log(f"{layer.name}: mean |error| {np.abs(error).mean() / out_scale:.3f} output steps corrected")
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))

@@ -1,0 +1,99 @@
+"""Bias correction (convert.bias_correction): on a tiny int8 model, only biases change and the mean output error
+per channel against float shrinks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+pytest.importorskip("ai_edge_litert")
+from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+from tensorflow.lite.tools import flatbuffer_utils  # noqa: E402
+
+from convert.bias_correction import bias_correct  # noqa: E402
+from convert.tflite import _requantize_clipped  # noqa: E402
+
+SAMPLES = 24
+
+
+def _samples() -> Iterator[np.ndarray]:
+    rng = np.random.default_rng(7)
+    for _ in range(SAMPLES):  # positive, off-centre inputs, like pixels: weight rounding shifts the means
+        yield (rng.uniform(0.0, 4.0, (1, 12, 12, 3)) + 1.0).astype(np.float32)
+
+
+def _calibrated(tmp_path: Path) -> bytes:
+    """Calibrate-only float TFLite of conv -> depthwise (fused ReLU) -> conv -> dense."""
+    tf.keras.utils.set_random_seed(3)
+    inputs = tf.keras.Input((12, 12, 3), batch_size=1)
+    x = tf.keras.layers.Conv2D(8, 3, padding="same")(inputs)
+    x = tf.keras.layers.DepthwiseConv2D(3, padding="same", activation="relu")(x)
+    x = tf.keras.layers.Conv2D(6, 1)(x)
+    x = tf.keras.layers.Dense(5)(tf.keras.layers.Flatten()(x))
+    model = tf.keras.Model(inputs, x)
+    for layer in model.layers:  # coarse weights: a large, systematic rounding error per channel
+        if layer.weights:
+            kernel, bias = layer.get_weights()
+            layer.set_weights([kernel * np.linspace(0.05, 3.0, kernel.shape[-1]), bias + 0.3])
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    converter.representative_dataset = lambda: ([s] for s in _samples())
+    converter._experimental_calibrate_only = True
+    return converter.convert()
+
+
+def _data(model: object, tensor: object) -> bytes:
+    data = model.buffers[tensor.buffer].data
+    return b"" if data is None else np.asarray(data, np.uint8).tobytes()
+
+
+def _layer_errors(quantized: bytes, reference: bytes) -> dict[str, float]:
+    """Mean over channels of |E[int8 - float]| (in output steps) for every tensor both models name alike."""
+    int8 = Interpreter(model_content=quantized, experimental_preserve_all_tensors=True)
+    floating = Interpreter(model_content=reference, experimental_preserve_all_tensors=True)
+    int8.allocate_tensors()
+    floating.allocate_tensors()
+    names = {d["name"]: d for d in floating.get_tensor_details()}
+    pairs = [(d, names[d["name"]]) for d in int8.get_tensor_details()
+             if d["name"] in names and d["dtype"] == np.int8 and d["quantization"][0] and len(d["shape"]) > 1
+             and list(d["shape"]) == list(names[d["name"]]["shape"])]
+    sums: dict[str, np.ndarray] = {}
+    source = int8.get_input_details()[0]
+    for sample in _samples():
+        scale, zero = source["quantization"]
+        int8.set_tensor(source["index"], np.clip(np.round(sample / scale) + zero, -128, 127).astype(np.int8))
+        floating.set_tensor(floating.get_input_details()[0]["index"], sample)
+        int8.invoke()
+        floating.invoke()
+        for q, f in pairs:
+            scale, zero = q["quantization"]
+            error = (int8.get_tensor(q["index"]).astype(np.float64) - zero) - floating.get_tensor(f["index"]) / scale
+            sums[q["name"]] = sums.get(q["name"], 0.0) + error.reshape(-1, error.shape[-1]).mean(axis=0)
+    return {name: float(np.abs(total / SAMPLES).mean()) for name, total in sums.items()}
+
+
+def test_bias_correction_only_moves_biases_and_shrinks_the_mean_error(tmp_path: Path) -> None:
+    calibrated = _calibrated(tmp_path)
+    quantized = _requantize_clipped(calibrated, _samples, None)
+    corrected = bias_correct(quantized, calibrated, _samples, limit=SAMPLES)
+
+    before, after = (flatbuffer_utils.convert_bytearray_to_object(m) for m in (quantized, corrected))
+    graph, edited = before.subgraphs[0], after.subgraphs[0]
+    assert [op.opcodeIndex for op in graph.operators] == [op.opcodeIndex for op in edited.operators]
+    changed = {i for i, (a, b) in enumerate(zip(graph.tensors, edited.tensors))
+               if _data(before, a) != _data(after, b)}
+    assert changed and all(graph.tensors[i].type == 2 for i in changed)  # int32 biases only
+    for a, b in zip(graph.tensors, edited.tensors):
+        if a.quantization is not None and a.quantization.scale is not None:
+            np.testing.assert_array_equal(a.quantization.scale, b.quantization.scale)
+
+    error_before, error_after = _layer_errors(quantized, calibrated), _layer_errors(corrected, calibrated)
+    assert error_before.keys() == error_after.keys() and len(error_before) >= 3
+    assert sum(error_after.values()) < 0.5 * sum(error_before.values())
