@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -55,24 +55,46 @@ def _enrolled(db: Path) -> dict[str, list[str]]:
     return people
 
 
-def _kills(command: list[str], seconds: float, rng: np.random.Generator) -> Iterator[None]:
-    """Run `command` KILLS times, each SIGKILLed after a random part of `seconds`, yielding after each kill. A run
-    that was already over when its kill came does not count, and the runs after it get less time (the first,
-    timed run may have been slower than the rest: a colder cache, a busier machine)."""
+def _rows(db: Path) -> int:
+    """Embeddings committed to `db` so far (0 before its schema exists), read without disturbing the writer."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as raw:
+            return raw.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def _commit_window(command: list[str], db: Path) -> tuple[float, float]:
+    """Seconds from launch to the first and to the last commit of one run of `command` into `db`, by polling."""
+    started, count, first, last = time.monotonic(), 0, None, None
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
+        while process.poll() is None:
+            if (now := _rows(db)) > count:
+                count, last = now, time.monotonic() - started
+                first = first or last
+            time.sleep(0.005)
+    assert process.returncode == 0 and first is not None and last is not None, command
+    return first, last
+
+
+def _kills(command: list[str], window: tuple[float, float], rng: np.random.Generator,
+           before: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Run `command` KILLS times, each SIGKILLed at a random moment of the commit `window` (a little before its
+    start too), yielding after each kill; a run that was already over when its kill came does not count.
+    `before()` runs before each run."""
     kills = 0
     for _ in range(4 * KILLS):
+        before()
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.2, 1.0) * seconds)
+        time.sleep(rng.uniform(0.8 * window[0], window[1]))
         running = process.poll() is None
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)
-        if not running:
-            seconds *= 0.7
-            continue
-        kills += 1
-        yield
-        if kills == KILLS:
-            return
+        if running:
+            kills += 1
+            yield
+            if kills == KILLS:
+                return
     raise AssertionError(f"{command}: fewer than {KILLS} runs were still going when killed")
 
 
@@ -81,14 +103,18 @@ def test_sigkill_loses_nothing_and_doubles_nothing(tmp_path: Path, manifest: Man
     old, new = _folder(tmp_path / "old", lfw, slice(0, 3)), _folder(tmp_path / "new", lfw, slice(3, 6))
     db = tmp_path / "g.db"
     enroll = [str(SCRIPT), "enroll", "--face", "largest", "--gallery", str(db)]
-    started = time.monotonic()
-    subprocess.run([*enroll[:4], "--gallery", str(tmp_path / "timing.db"), str(tmp_path / "old")], check=True,
-                   capture_output=True, timeout=300)
-    seconds = time.monotonic() - started
+    window = _commit_window([*enroll[:4], "--gallery", str(tmp_path / "timing.db"), str(tmp_path / "old")],
+                            tmp_path / "timing.db")
     rng = np.random.default_rng(15)
 
+    def anew_when_complete() -> None:
+        """A complete gallery leaves a rerun nothing to do but skip: start the next run from an empty one."""
+        if sum(map(len, _enrolled(db).values())) == sum(map(len, old.values())):
+            for path in tmp_path.glob("g.db*"):
+                path.unlink()
+
     states = set()
-    for _ in _kills([*enroll, str(tmp_path / "old")], seconds, rng):
+    for _ in _kills([*enroll, str(tmp_path / "old")], window, rng, anew_when_complete):
         people = _enrolled(db)
         for person, digests in people.items():
             assert len(digests) == len(set(digests)) and set(digests) <= old[person]
@@ -98,7 +124,7 @@ def test_sigkill_loses_nothing_and_doubles_nothing(tmp_path: Path, manifest: Man
     assert {person: set(digests) for person, digests in _enrolled(db).items()} == old
     assert sum(map(len, _enrolled(db).values())) == sum(map(len, old.values()))
 
-    for _ in _kills([*enroll, "--replace", str(tmp_path / "new")], seconds, rng):
+    for _ in _kills([*enroll, "--replace", str(tmp_path / "new")], window, rng):
         for person, digests in _enrolled(db).items():
             assert sorted(digests) in (sorted(old[person]), sorted(new[person])), person  # one person, one commit
     subprocess.run([*enroll, "--replace", str(tmp_path / "new")], check=True, capture_output=True, timeout=300)
