@@ -2,7 +2,8 @@
 
 Detection AP on WIDER FACE val, landmark NME on dlib's 68-point faces, LFW verification and CelebA open-set
 identification, per-output SNR of the stage that loses most; each loss judged by the gates in gates.toml. With
-`--photos`, the two precisions' agreement on the user's own unlabelled photos instead (edgeface.tools.evaluation.agreement).
+`--photos`, the two precisions' agreement on the user's own unlabelled photos instead
+(edgeface.tools.evaluation.agreement).
 """
 
 from __future__ import annotations
