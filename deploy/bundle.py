@@ -102,6 +102,11 @@ def _copy_samples(profile: Profile, source: Path, folder: Path) -> None:
     photos = list_images(source) if source.is_dir() else []
     if not photos:
         raise EdgefaceError(f"{source}: no sample photos for the bundle (the model conversion fetches them)")
+    stems = [path.stem for path in photos]
+    shared = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if shared:
+        raise EdgefaceError(f"{source}: sample photos share a name ({', '.join(shared)}); each becomes <name>.jpg "
+                            "in the bundle")
     folder.mkdir()
     for path in photos:
         frame = Image.fromarray(load_image(path))

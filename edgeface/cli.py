@@ -621,6 +621,9 @@ def main(argv: list[str] | None = None) -> int:
     except EdgefaceError as error:
         say(f"error: {error}")
         return 2
+    except ModuleNotFoundError as error:  # an extra's package (the tools' tflite, the fleet's paho-mqtt) missing
+        say(f"error: this command needs the Python package '{error.name}', which is not installed")
+        return 2
     except KeyboardInterrupt:
         say("interrupted")
         return 130

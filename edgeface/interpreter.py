@@ -14,8 +14,8 @@ from edgeface.manifest import REINSTALL, Manifest, ModelSpec, TensorSpec
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 EDGETPU_FOLDER = "edgetpu"
-"""Where the Edge TPU compiles (edgetpu_compiler, on a workstation: README, "Coral") go:  `<model>_edgetpu.tflite` (and the sha256 of the int8 file it compiled) in the
-models folder."""
+"""The folder of the models folder holding the Edge TPU compiles (edgetpu_compiler, on a workstation: README,
+"Coral"): `<model>_edgetpu.tflite` and the sha256 of the int8 file each was compiled from."""
 DELEGATES = ("xnnpack", "edgetpu", "none")
 
 

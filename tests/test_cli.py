@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgeface import cli
 from edgeface.cli import main
 from edgeface.gallery import Gallery
 from edgeface.manifest import Manifest
@@ -393,3 +394,26 @@ def test_verify(capsys: pytest.CaptureFixture[str], manifest: Manifest, lfw: Pat
     assert record["same"] is True and record["similarity"] >= record["threshold"]
     code, out, _ = run(capsys, "verify", same[0], other)
     assert code == 0 and len(out) == 1 and out[0].startswith("different people: similarity ")
+
+
+@pytest.mark.parametrize("command", [["check-quant"], ["check-edgetpu", "x.tflite"], ["bench", "--side-by-side"],
+                                     ["bench", "--against=python3"]])
+def test_workstation_tools_are_refused_in_one_line_where_absent(command: list[str], monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """As on the board, whose wheel has no edgeface.tools: one line naming the tool, never argparse's usage."""
+    monkeypatch.setattr(cli, "tools_installed", lambda: False)
+    assert cli.main(command) == 2
+    err = capsys.readouterr().err
+    tool = command[1].split("=")[0] if command[0] == "bench" else command[0]
+    assert err.count("\n") == 1 and f"error: {tool} is a workstation tool" in err
+
+
+def test_a_missing_extra_package_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    def needs_tflite(args: object) -> int:
+        raise ModuleNotFoundError("No module named 'tflite'", name="tflite")
+
+    monkeypatch.setattr(cli, "cmd_check_edgetpu", needs_tflite)
+    assert cli.main(["check-edgetpu", "x.tflite"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'tflite'" in err and "Traceback" not in err

@@ -185,8 +185,6 @@ def against(python: Path, photos: list[Path], threads: int, pipeline: list[dict[
     thread count, and how many times longer they take than edgeface (total over the photos) per precision;
     with an `lfw` folder, face_recognition's LFW accuracy too."""
     script = Path(__file__).with_name("compare.py")
-    if not script.is_file():
-        raise EdgefaceError(f"{script}: missing (the comparison runs from a source checkout)")
     options = ["--threads", str(threads), *(["--lfw", str(lfw)] if lfw else [])]
     done = subprocess.run([str(python), str(script), *options, *map(str, photos)],
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
@@ -236,7 +234,7 @@ def bench_photos() -> list[Path]:
 
 def bench(profile: Profile, photos: list[Path], repeats: int, say: Callable[[str], None],
           gallery_sizes: tuple[int, ...] = GALLERY_SIZES, python: Path | None = None) -> dict[str, Any]:
-    """Every measurement of `edgeface bench`, as the JSON report."""
+    """Every measurement of `edgeface bench --side-by-side`, as the JSON report."""
     runtime = profile.runtime
     say(f"bench: model invoke, int8 and float twins ({repeats * 10} runs each)")
     analyzer = FaceAnalyzer(profile)

@@ -26,9 +26,10 @@ from edgeface.errors import EdgefaceError, GalleryError
 from edgeface.gallery import Gallery
 from edgeface.images import list_images, load_image
 from edgeface.interpreter import TFLiteModel
+from edgeface.latency import machine
 from edgeface.manifest import ModelSpec, model_key
 from edgeface.profiles import Profile, load_profile
-from edgeface.tools.bench import detector_stages, machine
+from edgeface.tools.bench import detector_stages
 from edgeface.tools.datasets import data_dir
 from edgeface.tools.evaluation.gates import GATES_FILE, Gate, check, load_limits, worst_stage
 from edgeface.tools.evaluation.identification import OpenSetResult, open_set, split_people, threshold_for

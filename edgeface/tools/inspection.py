@@ -3,16 +3,17 @@ it is full-integer; and, by loading it, which ops XNNPACK leaves to TFLite's own
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import tflite
 
 from edgeface.errors import ModelError
 from edgeface.interpreter import make_interpreter
 
+INTEGER_DTYPES = {"bool", "int4", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"}
 FLOAT_ONLY_OPS = {"DEQUANTIZE", "CUSTOM"}
 """Ops that mean float arithmetic inside an int8 graph (a custom op is opaque; Flex ops are custom ops)."""
 _OP_NAMES = {code: name for name, code in vars(tflite.BuiltinOperator).items() if not name.startswith("_")}
@@ -52,7 +53,11 @@ class Graph:
 def read_graph(path: Path) -> Graph:
     """The main subgraph of `path`, parsed from its flatbuffer (nothing is executed)."""
     try:
-        model = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
+        data = path.read_bytes()
+    except OSError as error:
+        raise ModelError(f"{path}: cannot read ({error.strerror})") from None
+    try:
+        model = tflite.Model.GetRootAsModel(data, 0)
         graph = model.Subgraphs(0)
         tensors = []
         for i in range(graph.TensorsLength()):
@@ -70,10 +75,8 @@ def read_graph(path: Path) -> Graph:
                           tuple(int(v) for v in op.OutputsAsNumpy()) if op.OutputsLength() else ()))
         return Graph(tuple(tensors), tuple(ops), tuple(int(v) for v in graph.InputsAsNumpy()),
                      tuple(int(v) for v in graph.OutputsAsNumpy()))
-    except OSError as error:
-        raise ModelError(f"{path}: cannot read ({error.strerror})") from None
-    except (IndexError, KeyError, ValueError, TypeError, AttributeError) as error:  # what a damaged buffer raises
-        raise ModelError(f"{path}: not a TFLite flatbuffer ({type(error).__name__})") from None
+    except (struct.error, IndexError, KeyError, ValueError, TypeError, AttributeError):  # a damaged buffer
+        raise ModelError(f"{path}: not a TFLite model ({len(data)} bytes that do not parse as its flatbuffer)") from None
 
 
 def model_ops(path: Path) -> list[str]:
@@ -87,8 +90,7 @@ def float_leftovers(path: Path) -> list[str]:
     An empty list means int8 weights and activations, integer input and output, and no float op left.
     """
     graph = read_graph(path)
-    problems = [f"tensor '{t.name}' is {t.dtype}" for t in graph.tensors
-                if not (np.issubdtype(np.dtype(t.dtype), np.integer) or t.dtype == "bool")]
+    problems = [f"tensor '{t.name}' is {t.dtype}" for t in graph.tensors if t.dtype not in INTEGER_DTYPES]
     problems += [f"op {op.name} #{op.index}" for op in graph.ops if op.name in FLOAT_ONLY_OPS]
     for kind, indices in (("input", graph.inputs), ("output", graph.outputs)):
         problems += [f"{kind} '{graph.tensors[i].name}' is {graph.tensors[i].dtype}" for i in indices
