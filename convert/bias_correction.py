@@ -19,10 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from convert import ConvertError
+from edgeface.tools.inspection import OP_NAMES
 
 BIASED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 INT32 = 2  # TensorType
@@ -42,25 +44,18 @@ class Layer:
     bias: int  # int32 bias tensor index
     clip: tuple[float, float] | None  # the fused activation's float clip, None when linear
     level: int  # dependency level: 1 + the highest level of the corrected layers it depends on
-    shift: np.ndarray | None = None  # the applied correction in bias steps (for reporting)
 
 
-def _op_names() -> dict[int, str]:
-    from tensorflow.lite.python import schema_py_generated as schema
-
-    return {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
-
-
-def _layers(model: object, reference: object) -> list[Layer]:
+def _layers(model: Any, reference: Any) -> list[Layer]:
     """The biased layers of `model` (int8) that have a same-named float tensor of the same shape in `reference`."""
-    graph, names = model.subgraphs[0], _op_names()
+    graph = model.subgraphs[0]
     float_graph = reference.subgraphs[0]
     float_index = {tensor.name: index for index, tensor in enumerate(float_graph.tensors)}
     producer_level: dict[int, int] = {}  # tensor -> dependency level of the corrected layers upstream of it
     layers = []
     for op in graph.operators:
         code = model.operatorCodes[op.opcodeIndex]
-        kind = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+        kind = OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
         upstream = max((producer_level.get(int(i), 0) for i in op.inputs if i >= 0), default=0)
         level = upstream
         output = int(op.outputs[0])
@@ -80,7 +75,7 @@ def _layers(model: object, reference: object) -> list[Layer]:
     return layers
 
 
-def _int8_input(interpreter: object, sample: np.ndarray) -> np.ndarray:
+def _int8_input(interpreter: Any, sample: np.ndarray) -> np.ndarray:
     detail = interpreter.get_input_details()[0]
     scale, zero_point = detail["quantization"]
     if not scale:
@@ -101,7 +96,7 @@ def _shift(quantized: np.ndarray, floating: np.ndarray, low: float, high: float)
 
 
 def bias_correct(quantized: bytes, reference: bytes, samples: Callable[[], Iterator[np.ndarray]],
-                 limit: int = DEFAULT_LIMIT, log: Callable[[str], None] | None = None) -> bytes:
+                 limit: int = DEFAULT_LIMIT) -> bytes:
     """`quantized` (full-integer int8 TFLite) with every conv/depthwise/FC bias corrected for the mean output error
     against `reference` (the float model it was quantized from, same tensor names), measured on `limit` of
     `samples()` spread evenly over them (real-valued batches of 1, as fed to the float model)."""
@@ -163,10 +158,7 @@ def bias_correct(quantized: bytes, reference: bytes, samples: Callable[[], Itera
                 bias.buffer = len(model.buffers) - 1
                 buffers_used[bias.buffer] = 1
             values = np.frombuffer(np.asarray(model.buffers[bias.buffer].data, np.uint8).tobytes(), np.int32)
-            layer.shift = np.round(error / scales).astype(np.int64)
-            corrected = np.clip(values.astype(np.int64) - layer.shift, -2**31, 2**31 - 1).astype(np.int32)
+            shift = np.round(error / scales).astype(np.int64)
+            corrected = np.clip(values.astype(np.int64) - shift, -2**31, 2**31 - 1).astype(np.int32)
             model.buffers[bias.buffer].data = np.frombuffer(corrected.tobytes(), np.uint8).copy()
-            if log is not None:
-                out_scale = quantization[layer.output][0]
-                log(f"{layer.name}: mean |error| {np.abs(error).mean() / out_scale:.3f} output steps corrected")
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))

@@ -16,7 +16,9 @@ from edgeface.interpreter import make_interpreter
 INTEGER_DTYPES = {"bool", "int4", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"}
 FLOAT_ONLY_OPS = {"DEQUANTIZE", "CUSTOM"}
 """Ops that mean float arithmetic inside an int8 graph (a custom op is opaque; Flex ops are custom ops)."""
-_OP_NAMES = {code: name for name, code in vars(tflite.BuiltinOperator).items() if not name.startswith("_")}
+OP_NAMES: dict[int, str] = {code: name for name, code in vars(tflite.BuiltinOperator).items()
+                             if not name.startswith("_")}
+"""Builtin operator code -> name (CONV_2D, ...), from the schema the `tflite` package carries."""
 _DTYPES = {code: name.lower() for name, code in vars(tflite.TensorType).items() if not name.startswith("_")}
 
 
@@ -70,13 +72,13 @@ def read_graph(path: Path) -> Graph:
         for i in range(graph.OperatorsLength()):
             op = graph.Operators(i)
             code = model.OperatorCodes(op.OpcodeIndex())
-            name = _OP_NAMES[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]
+            name = OP_NAMES[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]
             ops.append(Op(i, name, tuple(int(v) for v in op.InputsAsNumpy()) if op.InputsLength() else (),
                           tuple(int(v) for v in op.OutputsAsNumpy()) if op.OutputsLength() else ()))
         return Graph(tuple(tensors), tuple(ops), tuple(int(v) for v in graph.InputsAsNumpy()),
                      tuple(int(v) for v in graph.OutputsAsNumpy()))
     except (struct.error, IndexError, KeyError, ValueError, TypeError, AttributeError):  # a damaged buffer
-        raise ModelError(f"{path}: not a TFLite model ({len(data)} bytes that do not parse as its flatbuffer)") from None
+        raise ModelError(f"{path}: not a TFLite model ({len(data)} bytes that do not parse as one)") from None
 
 
 def model_ops(path: Path) -> list[str]:
