@@ -39,9 +39,10 @@ from edgeface.latency import (
     machine,
     percentiles,
     random_people,
+    sample_photos,
     time_stages,
 )
-from edgeface.manifest import Manifest, edgeface_home, model_key
+from edgeface.manifest import Manifest, model_key
 from edgeface.profiles import Profile, available_profiles, load_profile
 from edgeface.tools.datasets import data_dir
 from edgeface.tools.inspection import model_ops, undelegated_ops
@@ -223,13 +224,11 @@ def cold_start(profile: Profile, photo: Path) -> dict[str, Any]:
 
 
 def bench_photos() -> list[Path]:
-    """The photos to time: group_photos of the labelled data, else the sample photos the conversion fetched."""
+    """The photos to time: group_photos of the labelled data, else the sample frames `edgeface bench` times."""
     root = data_dir()
-    for folder in ([root / "group_photos"] if root else []) + [edgeface_home() / "sample_images"]:
-        if folder.is_dir() and (photos := list_images(folder)):
-            return photos
-    raise EdgefaceError("no photos to time: neither ../shared/data/group_photos (EDGEFACE_DATA) nor "
-                        f"{edgeface_home() / 'sample_images'} (make models fetches it)")
+    if root is not None and (root / "group_photos").is_dir() and (photos := list_images(root / "group_photos")):
+        return photos
+    return sample_photos(None)
 
 
 def bench(profile: Profile, photos: list[Path], repeats: int, say: Callable[[str], None],
