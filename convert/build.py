@@ -56,6 +56,7 @@ class Target:
     equalize: bool = False  # rescale activation channels before onnx2tf (convert.equalize), exact in float
     clip_quantile: float | None = None  # int8 activation ranges from quantiles, not min/max (tflite.full_integer)
     bias_correct: bool = False  # fold each layer's mean int8 output error into its bias (convert.bias_correction)
+    output_floors: dict[str, float] | None = None  # lowest value an int8 output keeps, by output name
 
 
 RAW_RGB = {"layout": "NHWC", "channel_order": "RGB", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
@@ -75,7 +76,7 @@ def _retinaface_target(size: int) -> Target:
                   "conf": "face logit per prior (score = sigmoid)",
                   "landmarks": "5 landmark offsets (x, y interleaved) per prior"},
         decoder=retinaface.decoder_settings(),
-        equalize=True, clip_quantile=retinaface.CLIP_QUANTILE,
+        equalize=True, clip_quantile=retinaface.CLIP_QUANTILE, output_floors=retinaface.OUTPUT_FLOORS,
     )
 
 
@@ -191,16 +192,22 @@ def _nhwc(shape: list[int]) -> tuple[int, ...]:
     return (shape[0], *shape[2:], shape[1]) if len(shape) == 4 else tuple(shape)
 
 
+def output_shapes(model: onnx.ModelProto, what: Path) -> dict[str, tuple[int, ...]]:
+    """Each ONNX output's NHWC shape, by name: what identifies it in the TFLite models (onnx2tf renames them)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for output in model.graph.output:
+        shape = _nhwc([d.dim_value for d in output.type.tensor_type.shape.dim])
+        if shape in shapes.values():
+            raise ConvertError(f"{what}: two outputs share the shape {shape}; cannot tell them apart")
+        shapes[output.name] = shape
+    return shapes
+
+
 def describe_model(target: Target, model: onnx.ModelProto, path: Path, precision: str,
                    common: dict[str, Any]) -> ModelSpec:
     """The manifest entry of a built `.tflite`, outputs identified by shape (onnx2tf renames and reorders them)."""
     interpreter = make_interpreter(path, threads=1, delegate="none")
-    roles = {}
-    for output in model.graph.output:
-        shape = _nhwc([d.dim_value for d in output.type.tensor_type.shape.dim])
-        if shape in roles:
-            raise ConvertError(f"{path}: two outputs share the shape {shape}; cannot tell them apart")
-        roles[shape] = output.name
+    roles = {shape: name for name, shape in output_shapes(model, path).items()}
     outputs = []
     for detail in interpreter.get_output_details():
         role = roles.get(tuple(int(v) for v in detail["shape"]))
@@ -307,15 +314,18 @@ class Builder:
                 saved_model, _ = _onnx2tf(int8_graph, work / f"{target.key}-int8.onnx", sample)
             log(f"{target.key}: int8 calibration on {self.calib.name}")
             count = sum(1 for _ in target.samples(self.calib))
+            shapes = output_shapes(model, work / f"{target.key}.onnx")
+            floors = {shapes[name]: floor for name, floor in (target.output_floors or {}).items()}
             int8 = full_integer(saved_model, lambda: target.samples(self.calib), target.clip_quantile,
-                                target.bias_correct)
+                                target.bias_correct, floors)
             int8_path = work / f"{target.key}.int8.tflite"
             int8_path.write_bytes(int8)
             leftovers = float_leftovers(int8_path)
             if leftovers:
                 raise ConvertError(f"{target.key}: int8 model is not full-integer: {', '.join(leftovers[:5])}")
             method = {"activation_equalization": target.equalize, "clip_quantile": target.clip_quantile,
-                      "bias_correction": target.bias_correct, "ops_rewritten_for_xnnpack": rewritten + split}
+                      "bias_correction": target.bias_correct, "output_floors": target.output_floors,
+                      "ops_rewritten_for_xnnpack": rewritten + split}
             common = {"converter": self.versions, "calibration": {**self.calib.describe(count), **method}}
             entries = {}
             for precision, path in (("float", float_path), ("int8", int8_path)):

@@ -2,8 +2,8 @@
 
 The straight tf2onnx -> onnx2tf path turns this model into something that quantises badly and runs about 5x
 slower: every PReLU comes back as its TensorFlow decomposition (RELU, ABS, SUB, MUL, ADD: five int8 ops,
-each with its own requantisation, instead of one) and every depthwise convolution as a plain CONV_2D. `prepare` reads the
-flatbuffer's ops directly and writes the network the way it was designed, so onnx2tf emits DEPTHWISE_CONV_2D
+each with its own requantisation, instead of one) and every depthwise convolution as a plain CONV_2D. `prepare`
+reads the flatbuffer's ops directly and writes the network the way it was designed, so onnx2tf emits DEPTHWISE_CONV_2D
 and PRELU again:
 - CONV_2D -> Conv, DEPTHWISE_CONV_2D -> Conv with group = input channels; TF SAME padding becomes explicit
   Conv pads (at stride 2 on an even side the extra row/column goes at the bottom/right, as in TF);

@@ -13,8 +13,9 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -76,14 +77,17 @@ def run_onnx2tf(onnx_path: Path, work: Path, sample_images: np.ndarray) -> tuple
 
 
 def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
-                 clip_quantile: float | None = None, bias_correct: bool = False) -> bytes:
+                 clip_quantile: float | None = None, bias_correct: bool = False,
+                 output_floors: Mapping[tuple[int, ...], float] | None = None) -> bytes:
     """Full-integer int8 TFLite from a SavedModel, calibrated on `samples()` (real-valued NHWC batches of 1).
 
     By default each activation's int8 range is its min/max over the samples. With `clip_quantile` (e.g. 0.99999),
     every intermediate activation spans instead the widest per-sample `clip_quantile` / `1 - clip_quantile`
     quantiles: rare outliers, often twice the bulk's extent, are clipped and the bulk gets finer steps. The model's
-    input and outputs keep their full range. With `bias_correct`, each conv/depthwise/FC layer's mean output error
-    against the calibrated float model is then folded into its int32 bias (convert.bias_correction).
+    input and outputs keep their full range, except that `output_floors` (output shape -> value) raises an
+    output's lower bound to a value below which the runtime never looks, so the values it does look at get finer
+    steps. With `bias_correct`, each conv/depthwise/FC layer's mean output error against the calibrated float
+    model is then folded into its int32 bias (convert.bias_correction).
     """
     import tensorflow as tf
 
@@ -93,13 +97,13 @@ def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
     converter.representative_dataset = lambda: ([sample.astype(np.float32)] for sample in samples())
-    two_step = clip_quantile is not None or bias_correct
+    two_step = clip_quantile is not None or bias_correct or bool(output_floors)
     converter._experimental_calibrate_only = two_step  # float model + recorded ranges, quantized by us
     try:
         converted = converter.convert()
         if not two_step:
             return converted
-        quantized = _requantize_clipped(converted, samples, clip_quantile)
+        quantized = _requantize_clipped(converted, samples, clip_quantile, output_floors or {})
         return bias_correction.bias_correct(quantized, converted, samples) if bias_correct else quantized
     except ConvertError:
         raise
@@ -108,10 +112,11 @@ def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
 
 
 def _requantize_clipped(calibrated: bytes, samples: Callable[[], Iterator[np.ndarray]],
-                        quantile: float | None) -> bytes:
+                        quantile: float | None, floors: Mapping[tuple[int, ...], float]) -> bytes:
     """Quantize a calibrated float model (min/max recorded per tensor) after narrowing every intermediate range
     to the lowest per-sample `1 - quantile` and highest per-sample `quantile` quantile of the float values
-    (with `quantile` None, the recorded min/max as they are).
+    (with `quantile` None, the recorded min/max as they are), and each output whose shape is in `floors` to start
+    there.
 
     Uses TF's own calibrate-then-quantize split (`_experimental_calibrate_only`, `mlir_quantize`), which the
     converter version in the build key pins.
@@ -121,10 +126,12 @@ def _requantize_clipped(calibrated: bytes, samples: Callable[[], Iterator[np.nda
     from tensorflow.lite.python.convert import mlir_quantize
     from tensorflow.lite.tools import flatbuffer_utils
 
-    if quantile is None:
-        return mlir_quantize(calibrated, fully_quantize=True, input_data_type=tf.int8, output_data_type=tf.int8)
     model = flatbuffer_utils.convert_bytearray_to_object(calibrated)
     graph = model.subgraphs[0]
+    _raise_floors(model, floors)
+    if quantile is None:
+        edited = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+        return mlir_quantize(edited, fully_quantize=True, input_data_type=tf.int8, output_data_type=tf.int8)
     ends = {*graph.inputs, *graph.outputs}
     ranged = [index for index, tensor in enumerate(graph.tensors) if index not in ends
               and tensor.quantization is not None and tensor.quantization.min is not None
@@ -146,3 +153,18 @@ def _requantize_clipped(calibrated: bytes, samples: Callable[[], Iterator[np.nda
         graph.tensors[index].quantization.max = [max(float(high[index]), 0.0)]
     edited = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
     return mlir_quantize(edited, fully_quantize=True, input_data_type=tf.int8, output_data_type=tf.int8)
+
+
+def _raise_floors(model: Any, floors: Mapping[tuple[int, ...], float]) -> None:
+    """Raise the recorded minimum of each output whose shape is in `floors` (flatbuffer object API) to its floor
+    (outputs are told apart by shape: the calibrated model renames them)."""
+    graph = model.subgraphs[0]
+    by_shape = {tuple(int(v) for v in graph.tensors[index].shape): index for index in graph.outputs}
+    for shape, floor in floors.items():
+        if shape not in by_shape:
+            raise ConvertError(f"int8 output floor: the model has no output of shape {shape} "
+                               f"(outputs: {sorted(by_shape)})")
+        quantization = graph.tensors[by_shape[shape]].quantization
+        if quantization is None or quantization.max is None or quantization.max[0] <= floor:
+            raise ConvertError(f"int8 output floor: the output of shape {shape} has no recorded range above {floor}")
+        quantization.min = [max(float(quantization.min[0]), floor)]

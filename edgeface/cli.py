@@ -463,7 +463,8 @@ def _face_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("int8", "float"), help="override the profile's precision")
     parser.add_argument("--profile", default=DEFAULT_PROFILE, help="hardware profile name or .toml path")
     parser.add_argument("--input-size", type=_positive_int, metavar="N", help="detector input N x N (letterbox)")
-    parser.add_argument("--score-threshold", type=float, metavar="S", help="minimum face score")
+    parser.add_argument("--score-threshold", type=float, metavar="S",
+                        help="minimum face score (RetinaFace's models resolve 0.01 and up)")
     parser.add_argument("--json", action="store_true", help="one JSON object per image per line")
 
 

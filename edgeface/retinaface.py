@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeface.detection import Detections, sigmoid
+from edgeface.errors import ModelError
 from edgeface.images import Letterbox, letterbox
 from edgeface.interpreter import TFLiteModel
 from edgeface.nms import nms
@@ -19,6 +20,8 @@ class RetinaFace:
         self.fill = tuple(model.spec.preprocessing["letterbox_fill"])
         decoder = model.spec.decoder
         self.variances = tuple(decoder["variances"])
+        # Scores below this are not resolved by the int8 model (its face-logit outputs start there).
+        self.min_score_threshold = float(decoder.get("min_score_threshold", 0.0))
         self.levels = [
             (step, self._priors(step, sizes)) for step, sizes in zip(decoder["steps"], decoder["min_sizes"])
         ]
@@ -41,6 +44,9 @@ class RetinaFace:
     def postprocess(self, outputs: dict[str, np.ndarray], mapping: Letterbox, score_threshold: float,
                     nms_iou: float, max_faces: int | None = None) -> Detections:
         """Score threshold, prior decoding and NMS of one invoke's outputs, mapped back to original pixels."""
+        if score_threshold < self.min_score_threshold:
+            raise ModelError(f"score threshold {score_threshold:g} is below {self.min_score_threshold:g}, the lowest "
+                             f"score {self.model.spec.key} resolves; use {self.min_score_threshold:g} or more")
         logit_threshold = np.log(score_threshold / (1.0 - score_threshold))
         picked_logits, picked_loc, picked_landmarks, picked_priors = [], [], [], []
         for step, priors in self.levels:

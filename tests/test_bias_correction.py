@@ -1,5 +1,6 @@
-"""Bias correction (convert.bias_correction): on a tiny int8 model, only biases change and the mean output error
-per channel against float shrinks."""
+"""Bias correction (convert.bias_correction) and output floors (convert.tflite) on a tiny int8 model: bias
+correction changes only biases and shrinks the mean output error per channel against float; a floor moves the
+bottom of an output's int8 range and nothing else."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ pytest.importorskip("ai_edge_litert")
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 from tensorflow.lite.tools import flatbuffer_utils  # noqa: E402
 
+from convert import ConvertError  # noqa: E402
 from convert.bias_correction import bias_correct  # noqa: E402
 from convert.tflite import _requantize_clipped  # noqa: E402
 
@@ -81,7 +83,7 @@ def _layer_errors(quantized: bytes, reference: bytes) -> dict[str, float]:
 
 def test_bias_correction_only_moves_biases_and_shrinks_the_mean_error(tmp_path: Path) -> None:
     calibrated = _calibrated(tmp_path)
-    quantized = _requantize_clipped(calibrated, _samples, None)
+    quantized = _requantize_clipped(calibrated, _samples, None, {})
     corrected = bias_correct(quantized, calibrated, _samples, limit=SAMPLES)
 
     before, after = (flatbuffer_utils.convert_bytearray_to_object(m) for m in (quantized, corrected))
@@ -97,3 +99,23 @@ def test_bias_correction_only_moves_biases_and_shrinks_the_mean_error(tmp_path: 
     error_before, error_after = _layer_errors(quantized, calibrated), _layer_errors(corrected, calibrated)
     assert error_before.keys() == error_after.keys() and len(error_before) >= 3
     assert sum(error_after.values()) < 0.5 * sum(error_before.values())
+
+
+def _output_range(quantized: bytes) -> tuple[float, float, float]:
+    detail = Interpreter(model_content=quantized).get_output_details()[0]
+    scale, zero = detail["quantization"]
+    return (-128 - zero) * scale, (127 - zero) * scale, scale
+
+
+def test_an_output_floor_raises_only_the_bottom_of_that_outputs_range(tmp_path: Path) -> None:
+    calibrated = _calibrated(tmp_path)
+    low, high, scale = _output_range(_requantize_clipped(calibrated, _samples, None, {}))
+    floor = low + (high - low) / 2
+    floored_low, floored_high, floored_scale = _output_range(_requantize_clipped(calibrated, _samples, None,
+                                                                                 {(1, 5): floor}))
+    assert abs(floored_low - floor) <= floored_scale and abs(floored_high - high) <= floored_scale
+    assert floored_scale < 0.6 * scale  # half the range in the same 256 steps
+    with pytest.raises(ConvertError, match=r"no output of shape \(1, 6\)"):
+        _requantize_clipped(calibrated, _samples, None, {(1, 6): floor})
+    with pytest.raises(ConvertError, match="no recorded range above"):
+        _requantize_clipped(calibrated, _samples, None, {(1, 5): high + 1})

@@ -203,6 +203,13 @@ def test_score_threshold(capsys: pytest.CaptureFixture[str], manifest: Manifest,
             assert 0 < len(found) < len(scores)
 
 
+def test_a_threshold_below_the_models_floor_is_one_line(capsys: pytest.CaptureFixture[str], manifest: Manifest,
+                                                        face_photo: Path) -> None:
+    code, out, err = run(capsys, "detect", face_photo, "--json", "--score-threshold", "0.005")
+    assert code != 0 and out == []
+    assert len(err) == 1 and "score threshold 0.005 is below 0.01" in err[0]
+
+
 @pytest.mark.parametrize("option", [["--input-size", "0"], ["--input-size", "-32"], ["--score-threshold", "1.5"]])
 def test_bad_option_values_are_refused(capsys: pytest.CaptureFixture[str], any_image: Path,
                                        option: list[str]) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import subset
+from edgeface.errors import ModelError
 from edgeface.images import letterbox, load_image
 from edgeface.interpreter import TFLiteModel
 from edgeface.manifest import Manifest
@@ -95,11 +96,12 @@ def test_decode_matches_per_prior_loop() -> None:
 class FakeModel:
     """A stand-in TFLite model with a non-square input and chosen raw outputs."""
 
-    def __init__(self, width: int, height: int, outputs: dict[str, np.ndarray]) -> None:
+    def __init__(self, width: int, height: int, outputs: dict[str, np.ndarray], **decoder: object) -> None:
         self.spec = SimpleNamespace(
-            input=SimpleNamespace(shape=(1, height, width, 3)),
+            key="retinaface-fake", input=SimpleNamespace(shape=(1, height, width, 3)),
             preprocessing={"letterbox_fill": [127, 117, 104]},
-            decoder={"steps": list(STEPS), "min_sizes": [list(s) for s in MIN_SIZES], "variances": list(VARIANCES)},
+            decoder={"steps": list(STEPS), "min_sizes": [list(s) for s in MIN_SIZES], "variances": list(VARIANCES),
+                     **decoder},
         )
         self.outputs = outputs
         self.batches: list[np.ndarray] = []
@@ -140,6 +142,32 @@ def test_detect_matches_reference_on_a_non_square_input(seed: int) -> None:
 
     capped = detector.detect(image, score_threshold=0.5, nms_iou=0.4, max_faces=2)
     np.testing.assert_allclose(capped.boxes, boxes[:2] * 2, rtol=0, atol=1e-9)
+
+
+def test_a_threshold_below_the_models_lowest_score_is_refused() -> None:
+    width, height = 96, 64
+    model = FakeModel(width, height, _fake_outputs(width, height, 1), min_score_threshold=0.01)
+    detector = RetinaFace(model)  # type: ignore[arg-type]
+    image = np.full((height, width, 3), 90, np.uint8)
+    assert len(detector.detect(image, score_threshold=0.01, nms_iou=0.4)) > 0
+    with pytest.raises(ModelError, match=r"score threshold 0.005 is below 0.01, the lowest score retinaface-fake"):
+        detector.detect(image, score_threshold=0.005, nms_iou=0.4)
+
+
+@pytest.mark.parametrize("size", [320, 640])
+def test_int8_face_logits_start_at_the_lowest_threshold(manifest: Manifest, size: int) -> None:
+    """The int8 conf outputs' lowest value is the logit of the lowest accepted threshold (convert.retinaface's
+    floor); the box and landmark outputs keep their calibrated range."""
+    key = f"retinaface-{size}"
+    floor = manifest.get(key, "float").decoder["min_score_threshold"]
+    assert manifest.get(key, "int8").decoder["min_score_threshold"] == floor > 0
+    for output in manifest.get(key, "int8").outputs:
+        quantization = output.quantization
+        lowest = (-128 - quantization.zero_point) * quantization.scale
+        if output.role.startswith("conf"):
+            assert abs(lowest - np.log(floor / (1 - floor))) <= quantization.scale, output.role
+        else:
+            assert lowest < -3, output.role  # regressions span both signs, far past a score's floor
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ model, picks the setting with the smallest summed AP loss on one event and print
 directions. Candidates: the activation quantile (0.99999, as shipped; 0.9999; plain min/max), the shipped
 quantile with every calibration photo also seen at 0.6x scale (more small faces), and the shipped quantile with
 each layer's bias corrected for its mean int8 error on the calibration photos (convert.bias_correction).
+Every candidate keeps the shipped face-logit output floor (convert.retinaface.SCORE_FLOOR).
 """
 
 from __future__ import annotations
