@@ -315,6 +315,9 @@ class Builder:
             log(f"{target.key}: int8 calibration on {self.calib.name}")
             count = sum(1 for _ in target.samples(self.calib))
             shapes = output_shapes(model, work / f"{target.key}.onnx")
+            unknown = sorted(set(target.output_floors or {}) - set(shapes))
+            if unknown:
+                raise ConvertError(f"{target.key}: output_floors names {unknown}, not outputs ({sorted(shapes)})")
             floors = {shapes[name]: floor for name, floor in (target.output_floors or {}).items()}
             int8 = full_integer(saved_model, lambda: target.samples(self.calib), target.clip_quantile,
                                 target.bias_correct, floors)

@@ -159,12 +159,16 @@ def _raise_floors(model: Any, floors: Mapping[tuple[int, ...], float]) -> None:
     """Raise the recorded minimum of each output whose shape is in `floors` (flatbuffer object API) to its floor
     (outputs are told apart by shape: the calibrated model renames them)."""
     graph = model.subgraphs[0]
-    by_shape = {tuple(int(v) for v in graph.tensors[index].shape): index for index in graph.outputs}
+    shapes = [tuple(int(v) for v in graph.tensors[index].shape) for index in graph.outputs]
+    by_shape = dict(zip(shapes, graph.outputs))
     for shape, floor in floors.items():
         if shape not in by_shape:
             raise ConvertError(f"int8 output floor: the model has no output of shape {shape} "
                                f"(outputs: {sorted(by_shape)})")
+        if shapes.count(shape) > 1:
+            raise ConvertError(f"int8 output floor: two outputs have the shape {shape}; cannot tell them apart")
         quantization = graph.tensors[by_shape[shape]].quantization
-        if quantization is None or quantization.max is None or quantization.max[0] <= floor:
+        if (quantization is None or quantization.min is None or quantization.max is None
+                or quantization.max[0] <= floor):
             raise ConvertError(f"int8 output floor: the output of shape {shape} has no recorded range above {floor}")
         quantization.min = [max(float(quantization.min[0]), floor)]

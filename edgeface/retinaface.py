@@ -8,6 +8,7 @@ from edgeface.detection import Detections, sigmoid
 from edgeface.errors import ModelError
 from edgeface.images import Letterbox, letterbox
 from edgeface.interpreter import TFLiteModel
+from edgeface.manifest import TensorSpec
 from edgeface.nms import nms
 
 
@@ -20,8 +21,12 @@ class RetinaFace:
         self.fill = tuple(model.spec.preprocessing["letterbox_fill"])
         decoder = model.spec.decoder
         self.variances = tuple(decoder["variances"])
-        # Scores below this are not resolved by the int8 model (its face-logit outputs start there).
+        # The lowest threshold RetinaFace accepts: the int8 face-logit outputs start there (convert.retinaface).
         self.min_score_threshold = float(decoder.get("min_score_threshold", 0.0))
+        # An int8 logit on the bottom step of its output's range is clipped (everything below the range lands
+        # there), never a face: a prior counts only above the midpoint between the two lowest steps.
+        self.clipped = {output.role: _bottom_step(output) for output in model.spec.outputs
+                        if output.role.startswith("conf") and output.quantization is not None}
         self.levels = [
             (step, self._priors(step, sizes)) for step, sizes in zip(decoder["steps"], decoder["min_sizes"])
         ]
@@ -45,13 +50,13 @@ class RetinaFace:
                     nms_iou: float, max_faces: int | None = None) -> Detections:
         """Score threshold, prior decoding and NMS of one invoke's outputs, mapped back to original pixels."""
         if score_threshold < self.min_score_threshold:
-            raise ModelError(f"score threshold {score_threshold:g} is below {self.min_score_threshold:g}, the lowest "
-                             f"score {self.model.spec.key} resolves; use {self.min_score_threshold:g} or more")
+            raise ModelError(f"score threshold {score_threshold} is below {self.min_score_threshold}, the lowest "
+                             f"RetinaFace accepts (its int8 face-logit outputs start there)")
         logit_threshold = np.log(score_threshold / (1.0 - score_threshold))
         picked_logits, picked_loc, picked_landmarks, picked_priors = [], [], [], []
         for step, priors in self.levels:
             logits = outputs[f"conf_s{step}"].reshape(-1)
-            keep = np.flatnonzero(logits > logit_threshold)
+            keep = np.flatnonzero(logits > max(logit_threshold, self.clipped.get(f"conf_s{step}", -np.inf)))
             picked_logits.append(logits[keep])
             picked_loc.append(outputs[f"loc_s{step}"].reshape(-1, 4)[keep])
             picked_landmarks.append(outputs[f"landmarks_s{step}"].reshape(-1, 10)[keep])
@@ -67,6 +72,13 @@ class RetinaFace:
             scores=scores[keep],
             landmarks=mapping.to_original(landmarks[keep].reshape(-1, 10)).reshape(-1, 5, 2),
         )
+
+
+def _bottom_step(output: TensorSpec) -> float:
+    """Midway between the lowest two dequantized values of a quantized output."""
+    quantization = output.quantization
+    assert quantization is not None
+    return (np.iinfo(output.dtype).min + 0.5 - quantization.zero_point) * quantization.scale
 
 
 def decode(loc: np.ndarray, landmarks: np.ndarray, priors: np.ndarray,

@@ -207,7 +207,7 @@ def test_a_threshold_below_the_models_floor_is_one_line(capsys: pytest.CaptureFi
                                                         face_photo: Path) -> None:
     code, out, err = run(capsys, "detect", face_photo, "--json", "--score-threshold", "0.005")
     assert code != 0 and out == []
-    assert len(err) == 1 and "score threshold 0.005 is below 0.01" in err[0]
+    assert len(err) == 1 and "score threshold 0.005 is below 0.01, the lowest RetinaFace accepts" in err[0]
 
 
 @pytest.mark.parametrize("option", [["--input-size", "0"], ["--input-size", "-32"], ["--score-threshold", "1.5"]])

@@ -98,7 +98,7 @@ class FakeModel:
 
     def __init__(self, width: int, height: int, outputs: dict[str, np.ndarray], **decoder: object) -> None:
         self.spec = SimpleNamespace(
-            key="retinaface-fake", input=SimpleNamespace(shape=(1, height, width, 3)),
+            key="retinaface-fake", input=SimpleNamespace(shape=(1, height, width, 3)), outputs=(),
             preprocessing={"letterbox_fill": [127, 117, 104]},
             decoder={"steps": list(STEPS), "min_sizes": [list(s) for s in MIN_SIZES], "variances": list(VARIANCES),
                      **decoder},
@@ -150,7 +150,7 @@ def test_a_threshold_below_the_models_lowest_score_is_refused() -> None:
     detector = RetinaFace(model)  # type: ignore[arg-type]
     image = np.full((height, width, 3), 90, np.uint8)
     assert len(detector.detect(image, score_threshold=0.01, nms_iou=0.4)) > 0
-    with pytest.raises(ModelError, match=r"score threshold 0.005 is below 0.01, the lowest score retinaface-fake"):
+    with pytest.raises(ModelError, match=r"score threshold 0.005 is below 0.01, the lowest RetinaFace accepts"):
         detector.detect(image, score_threshold=0.005, nms_iou=0.4)
 
 
@@ -161,13 +161,30 @@ def test_int8_face_logits_start_at_the_lowest_threshold(manifest: Manifest, size
     key = f"retinaface-{size}"
     floor = manifest.get(key, "float").decoder["min_score_threshold"]
     assert manifest.get(key, "int8").decoder["min_score_threshold"] == floor > 0
+    conf = []
     for output in manifest.get(key, "int8").outputs:
         quantization = output.quantization
         lowest = (-128 - quantization.zero_point) * quantization.scale
         if output.role.startswith("conf"):
+            conf.append(output.role)
             assert abs(lowest - np.log(floor / (1 - floor))) <= quantization.scale, output.role
         else:
             assert lowest < -3, output.role  # regressions span both signs, far past a score's floor
+    assert sorted(conf) == ["conf_s16", "conf_s32", "conf_s8"]
+
+
+@pytest.mark.parametrize("size", [320, 640])
+def test_int8_finds_real_faces_at_the_lowest_threshold(manifest: Manifest, data: Path, size: int) -> None:
+    """At the lowest accepted threshold int8 finds about what float finds: the logits clipped onto the bottom of
+    the int8 range (every background prior) are not faces, even where that step lies just above the threshold."""
+    image = load_image(data / "group_photos" / "dlib_bald_guys.jpg")
+    spec = manifest.get(f"retinaface-{size}", "int8")
+    threshold = spec.decoder["min_score_threshold"]
+    found = {precision: RetinaFace(TFLiteModel(manifest, manifest.get(spec.key, precision), threads=2))
+             .detect(image, threshold, 0.4) for precision in ("float", "int8")}
+    assert 20 < len(found["float"]) < 200
+    assert abs(len(found["int8"]) - len(found["float"])) <= 0.2 * len(found["float"]), \
+        {p: len(f) for p, f in found.items()}
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,9 @@
 Interview, and the other way round).
 
 `python -m edgeface.tools.int8_split [--size 320|640]` builds RetinaFace's int8 model once per candidate setting
-(into `$EDGEFACE_HOME/int8-split/`, reused when present), measures each event's AP with it and with the float
-model, picks the setting with the smallest summed AP loss on one event and prints its loss on the other, in both
-directions. Candidates: the activation quantile (0.99999, as shipped; 0.9999; plain min/max), the shipped
+(into `$EDGEFACE_HOME/int8-split/`, reused while its build key holds), measures each event's AP with it and with
+the float model, picks the setting with the smallest summed AP loss on one event and prints its loss on the
+other, in both directions. Candidates: the activation quantile (0.99999, as shipped; 0.9999; plain min/max), the shipped
 quantile with every calibration photo also seen at 0.6x scale (more small faces), and the shipped quantile with
 each layer's bias corrected for its mean int8 error on the calibration photos (convert.bias_correction).
 Every candidate keeps the shipped face-logit output floor (convert.retinaface.SCORE_FLOOR).
@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     losses: dict[str, dict[str, list[float]]] = {}
     for name, variant in candidates(target, args.size).items():
         out = edgeface_home() / "int8-split" / f"{args.size}-{name.replace(' ', '_').replace('/', '')}"
-        if not (out / f"{target.key}.int8.tflite").is_file():
-            builder = build.Builder(out, edgeface_home())
+        builder = build.Builder(out, edgeface_home())
+        if not builder.up_to_date(variant):  # the build key: a candidate built by older conversion code is redone
             builder.build(variant, lambda text: print(text, file=sys.stderr, flush=True))
             builder.write_manifest()
         ap = event_ap(out, "int8", args.size, root)
