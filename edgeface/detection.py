@@ -26,3 +26,10 @@ class Detections:
 def sigmoid(logits: np.ndarray | float) -> np.ndarray:
     """The probability of each logit, in float64 (the detectors' face logits, the liveness regression)."""
     return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
+def logit_of(probability: float) -> float:
+    """log(p / (1 - p)), the inverse of `sigmoid`: a threshold on a probability as one on its logit (-inf / inf at
+    0 / 1)."""
+    with np.errstate(divide="ignore"):
+        return float(np.log(probability) - np.log1p(-probability))

@@ -27,18 +27,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from edgeface.detection import sigmoid
+from edgeface.detection import logit_of, sigmoid
 from edgeface.interpreter import TFLiteModel
 from edgeface.manifest import Manifest
 
 SHARPNESS_SIDE = 128
 GREY = np.array([0.299, 0.587, 0.114], np.float32)
-
-
-def logit_of(probability: float) -> float:
-    """log(p / (1 - p)): a threshold on P(live) as a threshold on z (-inf / inf at 0 / 1)."""
-    with np.errstate(divide="ignore"):
-        return float(np.log(probability) - np.log1p(-probability))
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeface.detection import Detections, sigmoid
+from edgeface.detection import Detections, logit_of, sigmoid
 from edgeface.errors import ModelError
 from edgeface.images import Letterbox, letterbox
 from edgeface.interpreter import TFLiteModel
@@ -52,7 +52,7 @@ class RetinaFace:
         if score_threshold < self.min_score_threshold:
             raise ModelError(f"score threshold {score_threshold} is below {self.min_score_threshold}, the lowest "
                              f"RetinaFace accepts (its int8 face-logit outputs start there)")
-        logit_threshold = np.log(score_threshold / (1.0 - score_threshold))
+        logit_threshold = logit_of(score_threshold)
         picked_logits, picked_loc, picked_landmarks, picked_priors = [], [], [], []
         for step, priors in self.levels:
             logits = outputs[f"conf_s{step}"].reshape(-1)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import subset
+from edgeface.detection import logit_of
 from edgeface.errors import ModelError
 from edgeface.images import letterbox, load_image
 from edgeface.interpreter import TFLiteModel
@@ -167,7 +168,7 @@ def test_int8_face_logits_start_at_the_lowest_threshold(manifest: Manifest, size
         lowest = (-128 - quantization.zero_point) * quantization.scale
         if output.role.startswith("conf"):
             conf.append(output.role)
-            assert abs(lowest - np.log(floor / (1 - floor))) <= quantization.scale, output.role
+            assert abs(lowest - logit_of(floor)) <= quantization.scale, output.role
         else:
             assert lowest < -3, output.role  # regressions span both signs, far past a score's floor
     assert sorted(conf) == ["conf_s16", "conf_s32", "conf_s8"]

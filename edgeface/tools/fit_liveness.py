@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeface.detection import sigmoid
-from edgeface.liveness import LivenessWeights, logit_of
+from edgeface.detection import logit_of, sigmoid
+from edgeface.liveness import LivenessWeights
 
 LIVE_REJECT = 0.025
 """The share of the training people's live frames the threshold rejects."""
