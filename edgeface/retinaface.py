@@ -8,7 +8,7 @@ from edgeface.detection import Detections, logit_of, sigmoid
 from edgeface.errors import ModelError
 from edgeface.images import Letterbox, letterbox
 from edgeface.interpreter import TFLiteModel
-from edgeface.manifest import TensorSpec
+from edgeface.manifest import Quantization
 from edgeface.nms import nms
 
 
@@ -25,7 +25,7 @@ class RetinaFace:
         self.min_score_threshold = float(decoder.get("min_score_threshold", 0.0))
         # An int8 logit on the bottom step of its output's range is clipped (everything below the range lands
         # there), never a face: a prior counts only above the midpoint between the two lowest steps.
-        self.clipped = {output.role: _bottom_step(output) for output in model.spec.outputs
+        self.clipped = {output.role: _bottom_step(output.dtype, output.quantization) for output in model.spec.outputs
                         if output.role.startswith("conf") and output.quantization is not None}
         self.levels = [
             (step, self._priors(step, sizes)) for step, sizes in zip(decoder["steps"], decoder["min_sizes"])
@@ -74,11 +74,9 @@ class RetinaFace:
         )
 
 
-def _bottom_step(output: TensorSpec) -> float:
-    """Midway between the lowest two dequantized values of a quantized output."""
-    quantization = output.quantization
-    assert quantization is not None
-    return (np.iinfo(output.dtype).min + 0.5 - quantization.zero_point) * quantization.scale
+def _bottom_step(dtype: str, quantization: Quantization) -> float:
+    """Midway between the lowest two dequantized values of an integer tensor."""
+    return (np.iinfo(dtype).min + 0.5 - quantization.zero_point) * quantization.scale
 
 
 def decode(loc: np.ndarray, landmarks: np.ndarray, priors: np.ndarray,
