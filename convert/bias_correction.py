@@ -75,6 +75,24 @@ def _layers(model: Any, reference: Any) -> list[Layer]:
     return layers
 
 
+def output_range(layer: Layer, scale: float, zero_point: int) -> tuple[float, float]:
+    """The float values a layer's int8 output can hold: its int8 range, within its fused activation's clip."""
+    low, high = (-128 - zero_point) * scale, (127 - zero_point) * scale
+    if layer.clip is not None:
+        low, high = max(low, layer.clip[0]), min(high, layer.clip[1])
+    return low, high
+
+
+def private_buffer(model: Any, tensor: Any) -> None:
+    """Give `tensor` (flatbuffer object API) a buffer of its own if another tensor shares it, so that editing its
+    values never edits the other's."""
+    if sum(other.buffer == tensor.buffer for other in model.subgraphs[0].tensors) > 1:
+        copy = type(model.buffers[tensor.buffer])()
+        copy.data = np.array(model.buffers[tensor.buffer].data, np.uint8)
+        model.buffers.append(copy)
+        tensor.buffer = len(model.buffers) - 1
+
+
 def _int8_input(interpreter: Any, sample: np.ndarray) -> np.ndarray:
     detail = interpreter.get_input_details()[0]
     scale, zero_point = detail["quantization"]
@@ -121,9 +139,6 @@ def bias_correct(quantized: bytes, reference: bytes, samples: Callable[[], Itera
         float_interpreter.invoke()
         references.append({layer.reference: float_interpreter.get_tensor(layer.reference).copy() for layer in layers})
     del float_interpreter
-    buffers_used: dict[int, int] = {}
-    for tensor in graph.tensors:
-        buffers_used[tensor.buffer] = buffers_used.get(tensor.buffer, 0) + 1
     for level in range(1, max(layer.level for layer in layers) + 1):
         current = [layer for layer in layers if layer.level == level]
         interpreter = Interpreter(model_content=bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
@@ -138,9 +153,7 @@ def bias_correct(quantized: bytes, reference: bytes, samples: Callable[[], Itera
             interpreter.invoke()
             for layer in current:
                 scale, zero_point = quantization[layer.output]
-                low, high = (-128 - zero_point) * scale, (127 - zero_point) * scale
-                if layer.clip is not None:
-                    low, high = max(low, layer.clip[0]), min(high, layer.clip[1])
+                low, high = output_range(layer, scale, zero_point)
                 margin = MARGIN * scale  # away from either clip, int8 rounding never reaches it
                 values = (interpreter.get_tensor(layer.output).astype(np.float32) - zero_point) * scale
                 error_sum, kept = _shift(values, floating[layer.reference], low + margin, high - margin)
@@ -150,13 +163,7 @@ def bias_correct(quantized: bytes, reference: bytes, samples: Callable[[], Itera
             error = sums[layer.output] / np.maximum(counts[layer.output], 1)
             bias = graph.tensors[layer.bias]
             scales = np.asarray(bias.quantization.scale, np.float64)
-            if buffers_used[bias.buffer] > 1:  # never edit a bias another tensor shares
-                copy = type(model.buffers[bias.buffer])()
-                copy.data = np.array(model.buffers[bias.buffer].data, np.uint8)
-                model.buffers.append(copy)
-                buffers_used[bias.buffer] -= 1
-                bias.buffer = len(model.buffers) - 1
-                buffers_used[bias.buffer] = 1
+            private_buffer(model, bias)
             values = np.frombuffer(np.asarray(model.buffers[bias.buffer].data, np.uint8).tobytes(), np.int32)
             shift = np.round(error / scales).astype(np.int64)
             corrected = np.clip(values.astype(np.int64) - shift, -2**31, 2**31 - 1).astype(np.int32)

@@ -57,6 +57,8 @@ class Target:
     clip_quantile: float | None = None  # int8 activation ranges from quantiles, not min/max (tflite.full_integer)
     bias_correct: bool = False  # fold each layer's mean int8 output error into its bias (convert.bias_correction)
     output_floors: dict[str, float] | None = None  # lowest value an int8 output keeps, by output name
+    leaky_ranges: bool = False  # LeakyReLU inputs' int8 low ends chosen for the error it passes on (tflite)
+    learned_rounding: bool = False  # conv weights rounded for the least output error (convert.adaround)
 
 
 RAW_RGB = {"layout": "NHWC", "channel_order": "RGB", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
@@ -77,6 +79,7 @@ def _retinaface_target(size: int) -> Target:
                   "landmarks": "5 landmark offsets (x, y interleaved) per prior"},
         decoder=retinaface.decoder_settings(),
         equalize=True, clip_quantile=retinaface.CLIP_QUANTILE, output_floors=retinaface.OUTPUT_FLOORS,
+        leaky_ranges=True, learned_rounding=True,
     )
 
 
@@ -320,7 +323,7 @@ class Builder:
                 raise ConvertError(f"{target.key}: output_floors names {unknown}, not outputs ({sorted(shapes)})")
             floors = {shapes[name]: floor for name, floor in (target.output_floors or {}).items()}
             int8 = full_integer(saved_model, lambda: target.samples(self.calib), target.clip_quantile,
-                                target.bias_correct, floors)
+                                target.bias_correct, floors, target.leaky_ranges, target.learned_rounding)
             int8_path = work / f"{target.key}.int8.tflite"
             int8_path.write_bytes(int8)
             leftovers = float_leftovers(int8_path)
@@ -328,6 +331,7 @@ class Builder:
                 raise ConvertError(f"{target.key}: int8 model is not full-integer: {', '.join(leftovers[:5])}")
             method = {"activation_equalization": target.equalize, "clip_quantile": target.clip_quantile,
                       "bias_correction": target.bias_correct, "output_floors": target.output_floors,
+                      "leaky_relu_input_ranges": target.leaky_ranges, "learned_rounding": target.learned_rounding,
                       "ops_rewritten_for_xnnpack": rewritten + split}
             common = {"converter": self.versions, "calibration": {**self.calib.describe(count), **method}}
             entries = {}

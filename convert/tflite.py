@@ -20,9 +20,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from convert import ConvertError, bias_correction
+from convert import ConvertError, adaround, bias_correction
+from edgeface.tools.inspection import OP_NAMES
 
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+LEAKY_FRACTIONS = np.linspace(0.02, 1.0, 50)  # a LeakyReLU input's low ends tried, as fractions of its calibrated one
+LEAKY_KEPT = 2000  # values per sample and tensor the low end is chosen on (a seeded random subset)
+LEAKY_SEED = 20261202
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -78,7 +82,8 @@ def run_onnx2tf(onnx_path: Path, work: Path, sample_images: np.ndarray) -> tuple
 
 def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
                  clip_quantile: float | None = None, bias_correct: bool = False,
-                 output_floors: Mapping[tuple[int, ...], float] | None = None) -> bytes:
+                 output_floors: Mapping[tuple[int, ...], float] | None = None, leaky_ranges: bool = False,
+                 learned_rounding: bool = False) -> bytes:
     """Full-integer int8 TFLite from a SavedModel, calibrated on `samples()` (real-valued NHWC batches of 1).
 
     By default each activation's int8 range is its min/max over the samples. With `clip_quantile` (e.g. 0.99999),
@@ -86,8 +91,11 @@ def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
     quantiles: rare outliers, often twice the bulk's extent, are clipped and the bulk gets finer steps. The model's
     input and outputs keep their full range, except that `output_floors` (output shape -> value) raises an
     output's lower bound to a value below which the runtime never looks, so the values it does look at get finer
-    steps. With `bias_correct`, each conv/depthwise/FC layer's mean output error against the calibrated float
-    model is then folded into its int32 bias (convert.bias_correction).
+    steps. With `leaky_ranges`, a tensor only a LeakyReLU reads gets the low end that minimises the error the
+    LeakyReLU passes on (`leaky_low_end`). With `learned_rounding`, every convolution's weights are then rounded,
+    and its bias refitted, to bring its output closest to the calibrated float model's (convert.adaround); with
+    `bias_correct`, each conv/depthwise/FC layer's mean output error against it is folded into its int32 bias
+    (convert.bias_correction).
     """
     import tensorflow as tf
 
@@ -97,13 +105,15 @@ def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
     converter.representative_dataset = lambda: ([sample.astype(np.float32)] for sample in samples())
-    two_step = clip_quantile is not None or bias_correct or bool(output_floors)
+    two_step = clip_quantile is not None or bias_correct or bool(output_floors) or leaky_ranges or learned_rounding
     converter._experimental_calibrate_only = two_step  # float model + recorded ranges, quantized by us
     try:
         converted = converter.convert()
         if not two_step:
             return converted
-        quantized = _requantize_clipped(converted, samples, clip_quantile, output_floors or {})
+        quantized = _requantize_clipped(converted, samples, clip_quantile, output_floors or {}, leaky_ranges)
+        if learned_rounding:
+            quantized = adaround.adaround(quantized, converted, samples)
         return bias_correction.bias_correct(quantized, converted, samples) if bias_correct else quantized
     except ConvertError:
         raise
@@ -111,48 +121,102 @@ def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
         raise ConvertError(f"{saved_model}: int8 calibration failed: {str(error).splitlines()[0]}") from None
 
 
-def _requantize_clipped(calibrated: bytes, samples: Callable[[], Iterator[np.ndarray]],
-                        quantile: float | None, floors: Mapping[tuple[int, ...], float]) -> bytes:
-    """Quantize a calibrated float model (min/max recorded per tensor) after narrowing every intermediate range
-    to the lowest per-sample `1 - quantile` and highest per-sample `quantile` quantile of the float values
-    (with `quantile` None, the recorded min/max as they are), and each output whose shape is in `floors` to start
-    there.
+def _requantize_clipped(calibrated: bytes, samples: Callable[[], Iterator[np.ndarray]], quantile: float | None,
+                        floors: Mapping[tuple[int, ...], float], leaky_ranges: bool = False) -> bytes:
+    """Quantize a calibrated float model (min/max recorded per tensor) after narrowing its ranges
+    (`_narrow_ranges`) and raising each output whose shape is in `floors` to start there.
 
     Uses TF's own calibrate-then-quantize split (`_experimental_calibrate_only`, `mlir_quantize`), which the
     converter version in the build key pins.
     """
     import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter
     from tensorflow.lite.python.convert import mlir_quantize
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(calibrated)
-    graph = model.subgraphs[0]
     _raise_floors(model, floors)
-    if quantile is None:
-        edited = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-        return mlir_quantize(edited, fully_quantize=True, input_data_type=tf.int8, output_data_type=tf.int8)
+    if quantile is not None or leaky_ranges:
+        _narrow_ranges(model, calibrated, samples, quantile, leaky_ranges)
+    edited = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return mlir_quantize(edited, fully_quantize=True, input_data_type=tf.int8, output_data_type=tf.int8)
+
+
+def _narrow_ranges(model: Any, calibrated: bytes, samples: Callable[[], Iterator[np.ndarray]],
+                   quantile: float | None, leaky_ranges: bool) -> None:
+    """Narrow the recorded range of every intermediate tensor of `model` (flatbuffer object API of `calibrated`)
+    to the lowest per-sample `1 - quantile` and highest per-sample `quantile` quantile of its float values (with
+    `quantile` None, the recorded min/max as they are); with `leaky_ranges`, a tensor only a LeakyReLU reads
+    then starts at `leaky_low_end` instead, and that LeakyReLU's output no lower than its image."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    graph = model.subgraphs[0]
     ends = {*graph.inputs, *graph.outputs}
     ranged = [index for index, tensor in enumerate(graph.tensors) if index not in ends
               and tensor.quantization is not None and tensor.quantization.min is not None
               and len(tensor.quantization.min) == 1]
-    interpreter = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True, num_threads=2)
-    interpreter.allocate_tensors()
-    low = {index: np.inf for index in ranged}
-    high = {index: -np.inf for index in ranged}
-    for sample in samples():
-        interpreter.set_tensor(graph.inputs[0], sample.astype(np.float32))
-        interpreter.invoke()
-        for index in ranged:
-            values = interpreter.get_tensor(index).ravel()
-            ranks = [int((1 - quantile) * (values.size - 1)), int(quantile * (values.size - 1))]
-            sample_low, sample_high = np.partition(values, ranks)[ranks]
-            low[index], high[index] = min(low[index], sample_low), max(high[index], sample_high)
+    low = {index: float(graph.tensors[index].quantization.min[0]) for index in ranged}
+    high = {index: float(graph.tensors[index].quantization.max[0]) for index in ranged}
+    leaky = {index: found for index, found in _leaky_inputs(model).items() if index in low} if leaky_ranges else {}
+    kept: dict[int, list[np.ndarray]] = {index: [] for index in leaky}
+    if quantile is not None:
+        low, high = {index: np.inf for index in ranged}, {index: -np.inf for index in ranged}
+    if quantile is not None or leaky:
+        rng = np.random.default_rng(LEAKY_SEED)
+        interpreter = Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True, num_threads=2)
+        interpreter.allocate_tensors()
+        for sample in samples():
+            interpreter.set_tensor(graph.inputs[0], sample.astype(np.float32))
+            interpreter.invoke()
+            for index in ranged:
+                values = interpreter.get_tensor(index).ravel()
+                if quantile is not None:
+                    ranks = [int((1 - quantile) * (values.size - 1)), int(quantile * (values.size - 1))]
+                    sample_low, sample_high = np.partition(values, ranks)[ranks]
+                    low[index], high[index] = min(low[index], sample_low), max(high[index], sample_high)
+                if index in kept:
+                    kept[index].append(rng.choice(values, min(values.size, LEAKY_KEPT), replace=False))
+    for index, (alpha, output) in leaky.items():
+        low[index] = leaky_low_end(np.concatenate(kept[index]), min(low[index], 0.0), max(high[index], 0.0), alpha)
+        if output in low:
+            low[output] = max(low[output], alpha * low[index])
     for index in ranged:
         graph.tensors[index].quantization.min = [min(float(low[index]), 0.0)]
         graph.tensors[index].quantization.max = [max(float(high[index]), 0.0)]
-    edited = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-    return mlir_quantize(edited, fully_quantize=True, input_data_type=tf.int8, output_data_type=tf.int8)
+
+
+def _leaky_inputs(model: Any) -> dict[int, tuple[float, int]]:
+    """The tensors that only a LEAKY_RELU reads: tensor index -> (its alpha, its output's index)."""
+    graph = model.subgraphs[0]
+    readers: dict[int, list[Any]] = {}
+    for op in graph.operators:
+        for index in op.inputs:
+            readers.setdefault(int(index), []).append(op)
+    found = {}
+    for index, ops in readers.items():
+        code = model.operatorCodes[ops[0].opcodeIndex]
+        if (len(ops) == 1 and index not in graph.outputs
+                and OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode)) == "LEAKY_RELU"):
+            found[index] = (float(ops[0].builtinOptions.alpha), int(ops[0].outputs[0]))
+    return found
+
+
+def leaky_low_end(values: np.ndarray, low: float, high: float, alpha: float) -> float:
+    """The low end c (between `low` and 0) of the int8 range [c, high] that minimises the mean squared error of
+    LeakyReLU_alpha(int8 value) - LeakyReLU_alpha(value) over `values`.
+
+    A LeakyReLU scales everything below zero by alpha (0.1 in RetinaFace), errors included, so the negative side
+    of its input needs few steps: giving it less of the 256 makes the steps finer where values pass unscaled."""
+    x = values.astype(np.float64)
+    target = np.where(x < 0, alpha * x, x)
+    best, chosen = np.inf, low
+    for fraction in LEAKY_FRACTIONS:
+        c = low * fraction
+        step = (high - c) / 255
+        q = np.round((np.clip(x, c, high) - c) / step) * step + c
+        error = float(np.mean((np.where(q < 0, alpha * q, q) - target) ** 2))
+        if error < best:
+            best, chosen = error, c
+    return chosen
 
 
 def _raise_floors(model: Any, floors: Mapping[tuple[int, ...], float]) -> None:

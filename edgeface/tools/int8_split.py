@@ -4,9 +4,9 @@ Interview, and the other way round).
 `python -m edgeface.tools.int8_split [--size 320|640]` builds RetinaFace's int8 model once per candidate setting
 (into `$EDGEFACE_HOME/int8-split/`, reused while its build key holds), measures each event's AP with it and with
 the float model, picks the setting with the smallest summed AP loss on one event and prints its loss on the
-other, in both directions. Candidates: the activation quantile (0.99999, as shipped; 0.9999; plain min/max), the shipped
-quantile with every calibration photo also seen at 0.6x scale (more small faces), and the shipped quantile with
-each layer's bias corrected for its mean int8 error on the calibration photos (convert.bias_correction).
+other, in both directions. Candidates: the shipped method (activation quantile 0.99999, LeakyReLU inputs' low ends
+chosen for the error the LeakyReLU passes on, learned weight rounding: convert.tflite, convert.adaround), each of
+the last two alone, neither (as shipped before 2026-12-02), and quantile 0.9999 with neither.
 Every candidate keeps the shipped face-logit output floor (convert.retinaface.SCORE_FLOOR).
 """
 
@@ -15,43 +15,28 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
-
-from convert import build, calibration
+from convert import build
 from edgeface.analyzer import FaceAnalyzer
-from edgeface.images import letterbox, list_images, resize
+from edgeface.images import list_images
 from edgeface.manifest import edgeface_home, models_dir
 from edgeface.tools.checkquant import wider_predictions
 from edgeface.tools.datasets import data_dir
 from edgeface.tools.evaluation.widerface import SETTINGS, evaluate, image_key, load_ground_truth
 
 EVENTS = ("0--Parade", "13--Interview")
-SMALLER = 0.6
 
 
-def _with_smaller(size: int) -> Callable[[calibration.CalibrationSet], Iterator[np.ndarray]]:
-    """The detector's calibration view, each photo also at SMALLER scale."""
-    fill = tuple(int(v) for v in build.retinaface.BGR_MEAN[::-1])
-
-    def samples(calib: calibration.CalibrationSet) -> Iterator[np.ndarray]:
-        for photo in calib.photos():
-            height, width = photo.shape[:2]
-            small = np.asarray(resize(photo, max(1, int(width * SMALLER)), max(1, int(height * SMALLER))))
-            for image in (photo, small):
-                yield letterbox(image, size, size, fill)[0][None].astype(np.float32)
-    return samples
-
-
-def candidates(target: build.Target, size: int) -> dict[str, build.Target]:
+def candidates(target: build.Target) -> dict[str, build.Target]:
     """The settings compared, by name."""
-    return {"quantile 0.99999 (shipped)": target,
-            "quantile 0.9999": dataclasses.replace(target, clip_quantile=0.9999),
-            "min/max": dataclasses.replace(target, clip_quantile=None),
-            "quantile 0.99999, photos also at 0.6x": dataclasses.replace(target, samples=_with_smaller(size)),
-            "quantile 0.99999, bias corrected": dataclasses.replace(target, bias_correct=True)}
+    return {"LeakyReLU ranges + learned rounding (shipped)": target,
+            "learned rounding only": dataclasses.replace(target, leaky_ranges=False),
+            "LeakyReLU ranges only": dataclasses.replace(target, learned_rounding=False),
+            "neither (nearest rounding, quantile ranges)": dataclasses.replace(target, leaky_ranges=False,
+                                                                              learned_rounding=False),
+            "quantile 0.9999, neither": dataclasses.replace(target, clip_quantile=0.9999, leaky_ranges=False,
+                                                            learned_rounding=False)}
 
 
 def event_ap(models: Path, precision: str, size: int, root: Path) -> dict[str, list[float]]:
@@ -78,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     target = next(t for t in build.TARGETS if t.key == f"retinaface-{args.size}")
     floating = event_ap(models_dir(), "float", args.size, root)
     losses: dict[str, dict[str, list[float]]] = {}
-    for name, variant in candidates(target, args.size).items():
+    for name, variant in candidates(target).items():
         out = edgeface_home() / "int8-split" / f"{args.size}-{name.replace(' ', '_').replace('/', '')}"
         builder = build.Builder(out, edgeface_home())
         if not builder.up_to_date(variant):  # the build key: a candidate built by older conversion code is redone

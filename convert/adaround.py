@@ -1,0 +1,227 @@
+"""Learned rounding of a full-integer int8 TFLite model's convolution weights (AdaRound, Nagel et al. 2020), with
+each layer's bias refitted alongside (as in AdaQuant, Hubara et al. 2021).
+
+Rounding every weight to its nearest int8 step minimises each weight's own error, not the layer's output error.
+For every convolution and depthwise convolution, in dependency order, this picks per weight whether to round
+down or up (and refits the float bias) so that the layer's output on calibration inputs comes closest to the
+calibrated float model's same-named tensor. The layer's input is read from the int8 model as corrected so far,
+so each layer also absorbs the int8 error of everything upstream. The choice is learned as in AdaRound: a
+rectified sigmoid per weight, trained by Adam on random output windows with a regulariser that anneals it to 0
+or 1. A layer whose learned rounding does not lower its output error on the calibration inputs keeps the
+nearest rounding. Only weight and bias values change: the ops, their scales and zero points, and so the kernels
+a delegate picks, stay the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from convert import ConvertError
+from convert.bias_correction import Layer, _int8_input, _layers, output_range, private_buffer
+from edgeface.tools.inspection import OP_NAMES
+
+ROUNDED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
+ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch (AdaRound, eq. 23)
+DEFAULT_LIMIT = 32  # calibration samples, spread over the set
+ITERATIONS = 400
+WINDOW = 24  # output rows and columns per training window
+BATCH = 8  # windows per step
+REGULARISER = 0.01  # weight of the rounding regulariser, relative to the reconstruction error
+SEED = 20261202
+
+
+@dataclass
+class _Conv:
+    """A layer's convolution settings and tensors, in PyTorch's layouts."""
+
+    weight: np.ndarray  # float weights, O x I x kh x kw (I = 1 for depthwise)
+    scale: np.ndarray  # per-output-channel weight scale, O x 1 x 1 x 1
+    bias: np.ndarray  # float bias, O
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    same: bool
+    groups: int
+    depthwise: bool
+
+
+def _kind(model: Any, op: Any) -> str:
+    code = model.operatorCodes[op.opcodeIndex]
+    return OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+
+
+def _array(model: Any, tensor: Any, dtype: Any) -> np.ndarray:
+    data = np.asarray(model.buffers[tensor.buffer].data, np.uint8).tobytes()
+    return np.frombuffer(data, dtype).reshape([int(v) for v in tensor.shape])
+
+
+def _conv(model: Any, op: Any, float_model: Any, float_op: Any) -> _Conv:
+    """The int8 op's weight scales and bias with the float op's weights, in PyTorch's layouts."""
+    graph, float_graph = model.subgraphs[0], float_model.subgraphs[0]
+    depthwise = _kind(model, op) == "DEPTHWISE_CONV_2D"
+    weight = _array(float_model, float_graph.tensors[float_op.inputs[1]], np.float32)
+    weight = np.transpose(weight, (3, 0, 1, 2) if depthwise else (0, 3, 1, 2))  # TFLite: 1HWO / OHWI
+    if depthwise and weight.shape[0] != int(graph.tensors[op.inputs[0]].shape[-1]):
+        raise ConvertError(f"AdaRound: {graph.tensors[op.outputs[0]].name!r} is a depthwise convolution with a "
+                           "channel multiplier, which it does not handle")
+    scale = np.asarray(graph.tensors[op.inputs[1]].quantization.scale, np.float64).reshape(-1, 1, 1, 1)
+    bias_tensor = graph.tensors[op.inputs[2]]
+    bias = _array(model, bias_tensor, np.int32) * np.asarray(bias_tensor.quantization.scale, np.float64)
+    options = op.builtinOptions
+    return _Conv(weight=weight.astype(np.float64), scale=scale, bias=bias, stride=(options.strideH, options.strideW),
+                 dilation=(max(1, options.dilationHFactor), max(1, options.dilationWFactor)),
+                 same=options.padding == 0, groups=weight.shape[0] if depthwise else 1, depthwise=depthwise)
+
+
+def _pads(size: int, kernel: int, stride: int, dilation: int, same: bool) -> tuple[int, int]:
+    """TensorFlow's SAME padding (before, after) along one axis; none for VALID."""
+    if not same:
+        return 0, 0
+    span = (kernel - 1) * dilation + 1
+    total = max((-(-size // stride) - 1) * stride + span - size, 0)
+    return total // 2, total - total // 2
+
+
+def _round_layer(conv: _Conv, inputs: np.ndarray, target: np.ndarray, low: float, high: float,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Learned int8 weights (O x I x kh x kw) and float bias for one layer, from its N x H x W x C real-valued int8
+    inputs and float target outputs; the nearest rounding and the given bias if learning does not help."""
+    import torch
+    import torch.nn.functional as F
+
+    kh, kw = conv.weight.shape[2:]
+    pad_h = _pads(inputs.shape[1], kh, conv.stride[0], conv.dilation[0], conv.same)
+    pad_w = _pads(inputs.shape[2], kw, conv.stride[1], conv.dilation[1], conv.same)
+    x = F.pad(torch.from_numpy(np.ascontiguousarray(inputs.transpose(0, 3, 1, 2), np.float32)), (*pad_w, *pad_h))
+    y = torch.from_numpy(np.ascontiguousarray(target.transpose(0, 3, 1, 2), np.float32))
+    scaled = conv.weight / conv.scale
+    floor = torch.from_numpy(np.floor(scaled).astype(np.float32))
+    scale = torch.from_numpy(conv.scale.astype(np.float32))
+    nearest = np.clip(np.round(scaled), -127, 127).astype(np.float32)
+    rest = np.clip((scaled - np.floor(scaled) - GAMMA) / (ZETA - GAMMA), 1e-4, 1 - 1e-4)
+    logits = torch.from_numpy(np.log(rest / (1 - rest)).astype(np.float32)).requires_grad_(True)
+    bias = torch.from_numpy(conv.bias.astype(np.float32)).requires_grad_(True)
+    optimiser = torch.optim.Adam([{"params": [logits], "lr": 1e-2}, {"params": [bias], "lr": 1e-3}])
+
+    def output(weights: torch.Tensor, window: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        z = F.conv2d(window, weights * scale, b, stride=conv.stride, dilation=conv.dilation, groups=conv.groups)
+        return torch.clamp(z, low, high)
+
+    def error(weights: np.ndarray, b: torch.Tensor) -> float:
+        with torch.no_grad():
+            w = torch.from_numpy(weights)
+            return float(np.mean([((output(w, x[n:n + 1], b) - y[n:n + 1]) ** 2).mean() for n in range(len(x))]))
+
+    side = min(WINDOW, y.shape[2], y.shape[3])
+    span_h = (side - 1) * conv.stride[0] + (kh - 1) * conv.dilation[0] + 1
+    span_w = (side - 1) * conv.stride[1] + (kw - 1) * conv.dilation[1] + 1
+    for step in range(ITERATIONS):
+        picks = [(int(rng.integers(len(x))), int(rng.integers(y.shape[2] - side + 1)),
+                  int(rng.integers(y.shape[3] - side + 1))) for _ in range(BATCH)]
+        xb = torch.cat([x[n:n + 1, :, i * conv.stride[0]:i * conv.stride[0] + span_h,
+                          j * conv.stride[1]:j * conv.stride[1] + span_w] for n, i, j in picks])
+        yb = torch.cat([y[n:n + 1, :, i:i + side, j:j + side] for n, i, j in picks])
+        soft = torch.clamp(torch.sigmoid(logits) * (ZETA - GAMMA) + GAMMA, 0, 1)
+        reconstruction = ((output(torch.clamp(floor + soft, -127, 127), xb, bias) - yb) ** 2).mean()
+        progress = step / ITERATIONS
+        loss = reconstruction
+        if progress >= 0.2:  # AdaRound's warm-up, then the regulariser's exponent anneals from 20 to 2
+            beta = 20 + (2 - 20) * (progress - 0.2) / 0.8
+            regulariser = (1 - (2 * soft - 1).abs().pow(beta)).mean()
+            loss = reconstruction + REGULARISER * regulariser * reconstruction.detach()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    learned = np.clip(floor.numpy() + (logits.detach().numpy() >= 0), -127, 127).astype(np.float32)
+    if error(learned, bias.detach()) < error(nearest, torch.from_numpy(conv.bias.astype(np.float32))):
+        return learned, bias.detach().numpy().astype(np.float64)
+    return nearest, conv.bias
+
+
+def adaround(quantized: bytes, reference: bytes, samples: Callable[[], Iterator[np.ndarray]],
+             limit: int = DEFAULT_LIMIT) -> bytes:
+    """`quantized` (full-integer int8 TFLite) with every convolution's weights rounded, and its bias refitted, to
+    bring its output closest to the same-named tensor of `reference` (the calibrated float model it was quantized
+    from) on `limit` of `samples()` spread evenly over them (real-valued batches of 1, as fed to the float model)."""
+    import torch
+    from ai_edge_litert.interpreter import Interpreter
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(quantized)
+    float_model = flatbuffer_utils.convert_bytearray_to_object(reference)
+    graph, float_graph = model.subgraphs[0], float_model.subgraphs[0]
+    op_of = {int(op.outputs[0]): op for op in graph.operators}
+    float_op_of = {int(op.outputs[0]): op for op in float_graph.operators}
+    layers = [layer for layer in _layers(model, float_model) if _kind(model, op_of[layer.output]) in ROUNDED_OPS
+              and layer.reference in float_op_of]
+    if not layers:
+        raise ConvertError("AdaRound: no int8 convolution matches a float tensor by name")
+    total = sum(1 for _ in samples())
+    chosen = set(np.linspace(0, total - 1, min(limit, total)).round().astype(int).tolist())
+    inputs = [sample.astype(np.float32) for index, sample in enumerate(samples()) if index in chosen]
+    targets = _float_outputs(reference, inputs, layers)
+    rng = np.random.default_rng(SEED)
+    threads = torch.get_num_threads()
+    torch.manual_seed(SEED)
+    torch.set_num_threads(2)  # the same sums, in the same order, on any machine
+    try:
+        for level in sorted({layer.level for layer in layers}):
+            current = [layer for layer in layers if layer.level == level]
+            interpreter = Interpreter(model_content=bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
+                                      experimental_preserve_all_tensors=True, num_threads=2)
+            interpreter.allocate_tensors()
+            input_index = interpreter.get_input_details()[0]["index"]
+            quantization = {detail["index"]: detail["quantization"] for detail in interpreter.get_tensor_details()}
+            seen: dict[int, list[np.ndarray]] = {layer.output: [] for layer in current}
+            for sample in inputs:
+                interpreter.set_tensor(input_index, _int8_input(interpreter, sample))
+                interpreter.invoke()
+                for layer in current:
+                    source = int(op_of[layer.output].inputs[0])
+                    scale, zero_point = quantization[source]
+                    seen[layer.output].append((interpreter.get_tensor(source).astype(np.float32) - zero_point) * scale)
+            del interpreter
+            for layer in current:
+                op = op_of[layer.output]
+                conv = _conv(model, op, float_model, float_op_of[layer.reference])
+                low, high = output_range(layer, *quantization[layer.output])
+                weights, bias = _round_layer(conv, np.concatenate(seen[layer.output]),
+                                             np.concatenate(targets[layer.reference]), low, high, rng)
+                _store(model, op, layer, weights, bias, conv.depthwise)
+    finally:
+        torch.set_num_threads(threads)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _float_outputs(reference: bytes, inputs: list[np.ndarray], layers: list[Layer]) -> dict[int, list[np.ndarray]]:
+    """Each layer's same-named float tensor, per input."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=reference, experimental_preserve_all_tensors=True, num_threads=2)
+    interpreter.allocate_tensors()
+    index = interpreter.get_input_details()[0]["index"]
+    outputs: dict[int, list[np.ndarray]] = {layer.reference: [] for layer in layers}
+    for sample in inputs:
+        interpreter.set_tensor(index, sample)
+        interpreter.invoke()
+        for layer in layers:
+            outputs[layer.reference].append(interpreter.get_tensor(layer.reference).copy())
+    return outputs
+
+
+def _store(model: Any, op: Any, layer: Layer, weights: np.ndarray, bias: np.ndarray, depthwise: bool) -> None:
+    """Write a layer's int8 weights (PyTorch layout) and float bias back into the flatbuffer (object API)."""
+    graph = model.subgraphs[0]
+    order = (1, 2, 3, 0) if depthwise else (0, 2, 3, 1)
+    weight_tensor = graph.tensors[op.inputs[1]]
+    private_buffer(model, weight_tensor)
+    data = np.ascontiguousarray(weights.transpose(order).astype(np.int8))
+    model.buffers[weight_tensor.buffer].data = np.frombuffer(data.tobytes(), np.uint8).copy()
+    bias_tensor = graph.tensors[layer.bias]
+    private_buffer(model, bias_tensor)
+    steps = np.round(bias / np.asarray(bias_tensor.quantization.scale, np.float64))
+    values = np.clip(steps, -2**31, 2**31 - 1).astype(np.int32)
+    model.buffers[bias_tensor.buffer].data = np.frombuffer(values.tobytes(), np.uint8).copy()

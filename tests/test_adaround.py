@@ -1,0 +1,119 @@
+"""Learned rounding (convert.adaround) and LeakyReLU-aware ranges (convert.tflite) on tiny int8 models: the
+rounding changes only convolution weights and biases and lowers the output error against float on inputs it did
+not learn from; a LeakyReLU's input gives up negative range for finer steps, by the error the LeakyReLU passes on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+pytest.importorskip("torch")
+pytest.importorskip("ai_edge_litert")
+from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+from tensorflow.lite.tools import flatbuffer_utils  # noqa: E402
+
+from convert.adaround import adaround  # noqa: E402
+from convert.tflite import _leaky_inputs, _requantize_clipped, leaky_low_end  # noqa: E402
+
+SAMPLES = 24
+INT8, INT32 = 9, 2  # TensorType
+
+
+def _samples(seed: int = 7) -> Iterator[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    for _ in range(SAMPLES):
+        yield rng.normal(0.0, 1.5, (1, 16, 16, 3)).astype(np.float32)
+
+
+def _calibrated(layers: list) -> bytes:
+    """Calibrate-only float TFLite of `layers` applied in turn to a 16 x 16 x 3 input."""
+    rng = np.random.default_rng(3)
+    inputs = tf.keras.Input((16, 16, 3), batch_size=1)
+    x = inputs
+    for layer in layers:
+        x = layer(x)
+    model = tf.keras.Model(inputs, x)
+    for layer in model.layers:  # one outlier weight per output channel: coarse int8 steps for all the others
+        if layer.weights:
+            kernel, bias = (rng.normal(0.0, 0.3, w.shape).astype(np.float32) for w in layer.get_weights())
+            kernel.reshape(-1, kernel.shape[-1])[0] = 3.0
+            layer.set_weights([kernel, bias])
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    converter.representative_dataset = lambda: ([s] for s in _samples())
+    converter._experimental_calibrate_only = True
+    return converter.convert()
+
+
+def _output_error(quantized: bytes, reference: bytes, seed: int) -> float:
+    """Mean squared error of the int8 model's output against float's, on samples drawn with `seed`."""
+    int8, floating = Interpreter(model_content=quantized), Interpreter(model_content=reference)
+    int8.allocate_tensors()
+    floating.allocate_tensors()
+    source, result = int8.get_input_details()[0], int8.get_output_details()[0]
+    errors = []
+    for sample in _samples(seed):
+        scale, zero = source["quantization"]
+        int8.set_tensor(source["index"], np.clip(np.round(sample / scale) + zero, -128, 127).astype(np.int8))
+        floating.set_tensor(floating.get_input_details()[0]["index"], sample)
+        int8.invoke()
+        floating.invoke()
+        scale, zero = result["quantization"]
+        value = (int8.get_tensor(result["index"]).astype(np.float64) - zero) * scale
+        errors.append(np.mean((value - floating.get_tensor(floating.get_output_details()[0]["index"])) ** 2))
+    return float(np.mean(errors))
+
+
+def _data(model: object, tensor: object) -> bytes:
+    data = model.buffers[tensor.buffer].data
+    return b"" if data is None else np.asarray(data, np.uint8).tobytes()
+
+
+def test_learned_rounding_changes_only_weights_and_biases_and_lowers_the_error_on_unseen_inputs() -> None:
+    calibrated = _calibrated([tf.keras.layers.Conv2D(8, 3, padding="same"),
+                              tf.keras.layers.DepthwiseConv2D(3, strides=2, padding="same", activation="relu"),
+                              tf.keras.layers.Conv2D(6, 1)])
+    quantized = _requantize_clipped(calibrated, _samples, None, {})
+    rounded = adaround(quantized, calibrated, _samples, limit=SAMPLES)
+
+    before, after = (flatbuffer_utils.convert_bytearray_to_object(m) for m in (quantized, rounded))
+    graph, edited = before.subgraphs[0], after.subgraphs[0]
+    assert [op.opcodeIndex for op in graph.operators] == [op.opcodeIndex for op in edited.operators]
+    changed = [i for i, (a, b) in enumerate(zip(graph.tensors, edited.tensors)) if _data(before, a) != _data(after, b)]
+    assert {graph.tensors[i].type for i in changed} == {INT8, INT32}  # weights and biases, nothing else
+    for a, b in zip(graph.tensors, edited.tensors):
+        if a.quantization is not None and a.quantization.scale is not None:
+            np.testing.assert_array_equal(a.quantization.scale, b.quantization.scale)
+            np.testing.assert_array_equal(a.quantization.zeroPoint, b.quantization.zeroPoint)
+    unseen = 11  # inputs the rounding was not learned on
+    assert _output_error(rounded, calibrated, unseen) < 0.95 * _output_error(quantized, calibrated, unseen)
+    assert adaround(quantized, calibrated, _samples, limit=SAMPLES) == rounded  # the same bytes every time
+
+
+def test_a_leaky_relu_input_trades_negative_range_for_finer_steps() -> None:
+    values = np.random.default_rng(5).normal(0.0, 1.0, 200_000)
+    low, high = float(values.min()), float(values.max())
+    leaky, identity = (leaky_low_end(values, low, high, alpha) for alpha in (0.1, 1.0))
+    assert 0.0 > leaky > 0.7 * low  # a third of the negative side given up: errors there are scaled by 0.1
+    assert identity < 0.8 * low  # an identity clips only the far tail
+
+    def leaky_input_range(quantized: bytes) -> tuple[float, float]:
+        model = flatbuffer_utils.convert_bytearray_to_object(quantized)
+        [index] = _leaky_inputs(model)  # the tensor only the LeakyReLU reads
+        quantization = model.subgraphs[0].tensors[index].quantization
+        scale, zero = float(quantization.scale[0]), int(quantization.zeroPoint[0])
+        return (-128 - zero) * scale, (127 - zero) * scale
+
+    calibrated = _calibrated([tf.keras.layers.Conv2D(8, 3, padding="same"), tf.keras.layers.LeakyReLU(0.1),
+                              tf.keras.layers.Conv2D(4, 1)])
+    plain = _requantize_clipped(calibrated, _samples, None, {})
+    aware = _requantize_clipped(calibrated, _samples, None, {}, leaky_ranges=True)
+    (plain_low, plain_high), (aware_low, aware_high) = leaky_input_range(plain), leaky_input_range(aware)
+    assert aware_low > 0.95 * plain_low and abs(aware_high - plain_high) < 0.05 * plain_high
+    assert _output_error(aware, calibrated, 11) < _output_error(plain, calibrated, 11)
