@@ -39,7 +39,8 @@ def _calibrated(layers: list) -> bytes:
     for layer in model.layers:  # one outlier weight per output channel: coarse int8 steps for all the others
         if layer.weights:
             kernel, bias = (rng.normal(0.0, 0.3, w.shape).astype(np.float32) for w in layer.get_weights())
-            kernel.reshape(-1, kernel.shape[-1])[0] = 3.0
+            depthwise = isinstance(layer, tf.keras.layers.DepthwiseConv2D)  # kernel h x w x channels x 1
+            kernel.reshape(-1, kernel.shape[-2] * kernel.shape[-1] if depthwise else kernel.shape[-1])[0] = 3.0
             layer.set_weights([kernel, bias])
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -6,7 +6,8 @@ Interview, and the other way round).
 the float model, picks the setting with the smallest summed AP loss on one event and prints its loss on the
 other, in both directions. Candidates: the shipped method (activation quantile 0.99999, LeakyReLU inputs' low ends
 chosen for the error the LeakyReLU passes on, learned weight rounding: convert.tflite, convert.adaround), each of
-the last two alone, neither (as shipped before 2026-12-02), and quantile 0.9999 with neither.
+the last two alone, neither (the model shipped before them, face-logit floor included), and quantile 0.9999
+with neither.
 Every candidate keeps the shipped face-logit output floor (convert.retinaface.SCORE_FLOOR).
 """
 
