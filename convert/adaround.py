@@ -21,8 +21,17 @@ from typing import Any
 import numpy as np
 
 from convert import ConvertError
-from convert.bias_correction import Layer, _int8_input, _layers, output_range, private_buffer
-from edgeface.tools.inspection import OP_NAMES
+from convert.bias_correction import (
+    Layer,
+    _int8_input,
+    _layers,
+    float_outputs,
+    int8_interpreter,
+    op_kind,
+    output_range,
+    private_buffer,
+    spread_samples,
+)
 
 ROUNDED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch (AdaRound, eq. 23)
@@ -48,11 +57,6 @@ class _Conv:
     depthwise: bool
 
 
-def _kind(model: Any, op: Any) -> str:
-    code = model.operatorCodes[op.opcodeIndex]
-    return OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
-
-
 def _array(model: Any, tensor: Any, dtype: Any) -> np.ndarray:
     data = np.asarray(model.buffers[tensor.buffer].data, np.uint8).tobytes()
     return np.frombuffer(data, dtype).reshape([int(v) for v in tensor.shape])
@@ -61,7 +65,7 @@ def _array(model: Any, tensor: Any, dtype: Any) -> np.ndarray:
 def _conv(model: Any, op: Any, float_model: Any, float_op: Any) -> _Conv:
     """The int8 op's weight scales and bias with the float op's weights, in PyTorch's layouts."""
     graph, float_graph = model.subgraphs[0], float_model.subgraphs[0]
-    depthwise = _kind(model, op) == "DEPTHWISE_CONV_2D"
+    depthwise = op_kind(model, op) == "DEPTHWISE_CONV_2D"
     weight = _array(float_model, float_graph.tensors[float_op.inputs[1]], np.float32)
     weight = np.transpose(weight, (3, 0, 1, 2) if depthwise else (0, 3, 1, 2))  # TFLite: 1HWO / OHWI
     if depthwise and weight.shape[0] != int(graph.tensors[op.inputs[0]].shape[-1]):
@@ -147,7 +151,6 @@ def adaround(quantized: bytes, reference: bytes, samples: Callable[[], Iterator[
     bring its output closest to the same-named tensor of `reference` (the calibrated float model it was quantized
     from) on `limit` of `samples()` spread evenly over them (real-valued batches of 1, as fed to the float model)."""
     import torch
-    from ai_edge_litert.interpreter import Interpreter
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(quantized)
@@ -155,26 +158,19 @@ def adaround(quantized: bytes, reference: bytes, samples: Callable[[], Iterator[
     graph, float_graph = model.subgraphs[0], float_model.subgraphs[0]
     op_of = {int(op.outputs[0]): op for op in graph.operators}
     float_op_of = {int(op.outputs[0]): op for op in float_graph.operators}
-    layers = [layer for layer in _layers(model, float_model) if _kind(model, op_of[layer.output]) in ROUNDED_OPS
+    layers = [layer for layer in _layers(model, float_model) if op_kind(model, op_of[layer.output]) in ROUNDED_OPS
               and layer.reference in float_op_of]
     if not layers:
         raise ConvertError("AdaRound: no int8 convolution matches a float tensor by name")
-    total = sum(1 for _ in samples())
-    chosen = set(np.linspace(0, total - 1, min(limit, total)).round().astype(int).tolist())
-    inputs = [sample.astype(np.float32) for index, sample in enumerate(samples()) if index in chosen]
-    targets = _float_outputs(reference, inputs, layers)
-    rng = np.random.default_rng(SEED)
+    inputs = spread_samples(samples, limit)
+    targets = float_outputs(reference, inputs, [layer.reference for layer in layers])
+    rng = np.random.default_rng(SEED)  # the only randomness: which samples and windows each step learns on
     threads = torch.get_num_threads()
-    torch.manual_seed(SEED)
-    torch.set_num_threads(2)  # the same sums, in the same order, on any machine
+    torch.set_num_threads(2)  # the same sums in the same order on every run (of one machine's kernels)
     try:
         for level in sorted({layer.level for layer in layers}):
             current = [layer for layer in layers if layer.level == level]
-            interpreter = Interpreter(model_content=bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
-                                      experimental_preserve_all_tensors=True, num_threads=2)
-            interpreter.allocate_tensors()
-            input_index = interpreter.get_input_details()[0]["index"]
-            quantization = {detail["index"]: detail["quantization"] for detail in interpreter.get_tensor_details()}
+            interpreter, input_index, quantization = int8_interpreter(model)
             seen: dict[int, list[np.ndarray]] = {layer.output: [] for layer in current}
             for sample in inputs:
                 interpreter.set_tensor(input_index, _int8_input(interpreter, sample))
@@ -194,22 +190,6 @@ def adaround(quantized: bytes, reference: bytes, samples: Callable[[], Iterator[
     finally:
         torch.set_num_threads(threads)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def _float_outputs(reference: bytes, inputs: list[np.ndarray], layers: list[Layer]) -> dict[int, list[np.ndarray]]:
-    """Each layer's same-named float tensor, per input."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_content=reference, experimental_preserve_all_tensors=True, num_threads=2)
-    interpreter.allocate_tensors()
-    index = interpreter.get_input_details()[0]["index"]
-    outputs: dict[int, list[np.ndarray]] = {layer.reference: [] for layer in layers}
-    for sample in inputs:
-        interpreter.set_tensor(index, sample)
-        interpreter.invoke()
-        for layer in layers:
-            outputs[layer.reference].append(interpreter.get_tensor(layer.reference).copy())
-    return outputs
 
 
 def _store(model: Any, op: Any, layer: Layer, weights: np.ndarray, bias: np.ndarray, depthwise: bool) -> None:

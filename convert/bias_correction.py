@@ -46,6 +46,12 @@ class Layer:
     level: int  # dependency level: 1 + the highest level of the corrected layers it depends on
 
 
+def op_kind(model: Any, op: Any) -> str:
+    """An operator's builtin name (flatbuffer object API), e.g. 'CONV_2D'; '' for a custom op."""
+    code = model.operatorCodes[op.opcodeIndex]
+    return OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+
+
 def _layers(model: Any, reference: Any) -> list[Layer]:
     """The biased layers of `model` (int8) that have a same-named float tensor of the same shape in `reference`."""
     graph = model.subgraphs[0]
@@ -54,8 +60,7 @@ def _layers(model: Any, reference: Any) -> list[Layer]:
     producer_level: dict[int, int] = {}  # tensor -> dependency level of the corrected layers upstream of it
     layers = []
     for op in graph.operators:
-        code = model.operatorCodes[op.opcodeIndex]
-        kind = OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+        kind = op_kind(model, op)
         upstream = max((producer_level.get(int(i), 0) for i in op.inputs if i >= 0), default=0)
         level = upstream
         output = int(op.outputs[0])
@@ -93,6 +98,42 @@ def private_buffer(model: Any, tensor: Any) -> None:
         tensor.buffer = len(model.buffers) - 1
 
 
+def spread_samples(samples: Callable[[], Iterator[np.ndarray]], limit: int) -> list[np.ndarray]:
+    """`limit` of `samples()` spread evenly over them, as float32."""
+    total = sum(1 for _ in samples())
+    chosen = set(np.linspace(0, total - 1, min(limit, total)).round().astype(int).tolist())
+    return [sample.astype(np.float32) for index, sample in enumerate(samples()) if index in chosen]
+
+
+def float_outputs(reference: bytes, inputs: list[np.ndarray], tensors: list[int]) -> dict[int, list[np.ndarray]]:
+    """Each of `tensors` of the float model `reference`, per input."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=reference, experimental_preserve_all_tensors=True, num_threads=2)
+    interpreter.allocate_tensors()
+    index = interpreter.get_input_details()[0]["index"]
+    outputs: dict[int, list[np.ndarray]] = {tensor: [] for tensor in tensors}
+    for sample in inputs:
+        interpreter.set_tensor(index, sample)
+        interpreter.invoke()
+        for tensor in tensors:
+            outputs[tensor].append(interpreter.get_tensor(tensor).copy())
+    return outputs
+
+
+def int8_interpreter(model: Any) -> tuple[Any, int, dict[int, tuple[float, int]]]:
+    """An interpreter of `model` (flatbuffer object API, as edited so far) that keeps every tensor, its input's
+    index and every tensor's (scale, zero point)."""
+    from ai_edge_litert.interpreter import Interpreter
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    interpreter = Interpreter(model_content=bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
+                              experimental_preserve_all_tensors=True, num_threads=2)
+    interpreter.allocate_tensors()
+    quantization = {detail["index"]: detail["quantization"] for detail in interpreter.get_tensor_details()}
+    return interpreter, interpreter.get_input_details()[0]["index"], quantization
+
+
 def _int8_input(interpreter: Any, sample: np.ndarray) -> np.ndarray:
     detail = interpreter.get_input_details()[0]
     scale, zero_point = detail["quantization"]
@@ -118,7 +159,6 @@ def bias_correct(quantized: bytes, reference: bytes, samples: Callable[[], Itera
     """`quantized` (full-integer int8 TFLite) with every conv/depthwise/FC bias corrected for the mean output error
     against `reference` (the float model it was quantized from, same tensor names), measured on `limit` of
     `samples()` spread evenly over them (real-valued batches of 1, as fed to the float model)."""
-    from ai_edge_litert.interpreter import Interpreter
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(quantized)
@@ -127,28 +167,14 @@ def bias_correct(quantized: bytes, reference: bytes, samples: Callable[[], Itera
     layers = _layers(model, float_model)
     if not layers:
         raise ConvertError("bias correction: no int8 layer matches a float tensor by name")
-    total = sum(1 for _ in samples())
-    chosen = set(np.linspace(0, total - 1, min(limit, total)).round().astype(int).tolist())  # spread over the set
-    inputs = [sample.astype(np.float32) for index, sample in enumerate(samples()) if index in chosen]
-    float_interpreter = Interpreter(model_content=reference, experimental_preserve_all_tensors=True, num_threads=2)
-    float_interpreter.allocate_tensors()
-    float_input = float_interpreter.get_input_details()[0]["index"]
-    references: list[dict[int, np.ndarray]] = []
-    for sample in inputs:
-        float_interpreter.set_tensor(float_input, sample)
-        float_interpreter.invoke()
-        references.append({layer.reference: float_interpreter.get_tensor(layer.reference).copy() for layer in layers})
-    del float_interpreter
+    inputs = spread_samples(samples, limit)
+    references = float_outputs(reference, inputs, [layer.reference for layer in layers])
     for level in range(1, max(layer.level for layer in layers) + 1):
         current = [layer for layer in layers if layer.level == level]
-        interpreter = Interpreter(model_content=bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
-                                  experimental_preserve_all_tensors=True, num_threads=2)
-        interpreter.allocate_tensors()
-        input_index = interpreter.get_input_details()[0]["index"]
-        quantization = {detail["index"]: detail["quantization"] for detail in interpreter.get_tensor_details()}
+        interpreter, input_index, quantization = int8_interpreter(model)
         sums = {layer.output: 0.0 for layer in current}
         counts = {layer.output: 0 for layer in current}
-        for sample, floating in zip(inputs, references):
+        for number, sample in enumerate(inputs):
             interpreter.set_tensor(input_index, _int8_input(interpreter, sample))
             interpreter.invoke()
             for layer in current:
@@ -156,7 +182,7 @@ def bias_correct(quantized: bytes, reference: bytes, samples: Callable[[], Itera
                 low, high = output_range(layer, scale, zero_point)
                 margin = MARGIN * scale  # away from either clip, int8 rounding never reaches it
                 values = (interpreter.get_tensor(layer.output).astype(np.float32) - zero_point) * scale
-                error_sum, kept = _shift(values, floating[layer.reference], low + margin, high - margin)
+                error_sum, kept = _shift(values, references[layer.reference][number], low + margin, high - margin)
                 sums[layer.output] = sums[layer.output] + error_sum
                 counts[layer.output] = counts[layer.output] + kept
         for layer in current:

