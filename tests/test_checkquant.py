@@ -14,7 +14,14 @@ from edgeface.analyzer import Face
 from edgeface.cli import main
 from edgeface.errors import EdgefaceError
 from edgeface.manifest import Manifest
-from edgeface.tools.checkquant import largest, nearest_centre, snr_db, stage_models, wider_predictions
+from edgeface.tools.checkquant import (
+    OutputErrors,
+    largest,
+    nearest_centre,
+    snr_db,
+    stage_models,
+    wider_predictions,
+)
 from edgeface.tools.evaluation.gates import GATES_FILE, Gate, check, load_limits, worst_stage
 from edgeface.tools.evaluation.verification import protocol_folds
 from edgeface.tools.evaluation.widerface import SETTINGS, evaluate, image_key, load_ground_truth
@@ -67,6 +74,24 @@ def test_snr_by_hand() -> None:
     assert snr_db(reference, reference) == math.inf
     assert stage_models("mtcnn-640") == ("pnet", "rnet", "onet")
     assert stage_models("retinaface-320") == ("retinaface-320",)
+
+
+def test_output_errors_by_hand() -> None:
+    """Two priors in one cell: only the one either precision scores >= 0.02 counts, in every output kind."""
+    floating = {"conf_s8": np.array([[[[2.0, -9.0]]]]), "loc_s8": np.zeros((1, 1, 1, 8)),
+                "landmarks_s8": np.zeros((1, 1, 1, 20))}
+    int8 = {"conf_s8": np.array([[[[2.5, -4.0]]]]), "loc_s8": np.full((1, 1, 1, 8), 0.2),
+            "landmarks_s8": np.concatenate([np.full(10, 0.3), np.full(10, 5.0)]).reshape(1, 1, 1, 20)}
+    errors = OutputErrors(lambda name: name.split("/")[0])
+    errors.add("retinaface-320", "0--Parade/a.jpg", floating, int8)
+    errors.add("retinaface-320", "13--Interview/b.jpg", floating, {**int8, "conf_s8": np.array([[[[1.0, -3.0]]]])})
+    table = errors.rms("retinaface-320")
+    assert set(table) == {"all", "0--Parade", "13--Interview"} and errors.rms("retinaface-640") == {}
+    assert table["0--Parade"] == pytest.approx({"conf": 0.5, "loc": 0.2, "landmarks": 0.3})
+    # logit -3 is above logit(0.02) = -3.89: the second prior counts too (error 6, and 5.0 on its landmarks)
+    assert table["13--Interview"]["conf"] == pytest.approx(math.sqrt((1.0 + 36.0) / 2))
+    assert table["13--Interview"]["landmarks"] == pytest.approx(math.sqrt((10 * 0.09 + 10 * 25.0) / 20))
+    assert table["all"]["conf"] == pytest.approx(math.sqrt((0.25 + 1.0 + 36.0) / 3))
 
 
 def _report(drop: float = 0.0, nme_increase: float = 0.0, accuracy: float = 0.995, cosine: float = 0.99) -> dict:
@@ -147,6 +172,13 @@ def test_check_quant_quick(manifest: Manifest, data: Path, tmp_path: Path,
     assert {row["model"] for row in report["detection"]} == {"retinaface-320", "retinaface-640", "mtcnn-640"}
     for row in report["detection"]:
         assert set(row["ap"]["int8"]) == set(SETTINGS) and 0.85 <= row["ap"]["float"]["easy"] <= 1  # quick: 0.97-1.0
+        errors = row["output_rms_error"]
+        if row["detector"] == "retinaface":  # 'all' and each event; measured 0.1-0.4 on the full set
+            assert set(errors) == {"all", *row["events"]}
+            assert all(set(kinds) == {"conf", "loc", "landmarks"} and all(0 < v < 1 for v in kinds.values())
+                       for kinds in errors.values())
+        else:  # MTCNN's stages see different proposals at each precision: nothing to compare value by value
+            assert errors == {}
     assert {row["detector"] for row in report["landmarks"]} == {"retinaface", "mtcnn"}
     recognition = report["recognition"]
     assert recognition["lfw"]["pairs"] == 100 and "interleaved" in recognition["lfw"]["folds"]
@@ -163,6 +195,7 @@ def test_check_quant_quick(manifest: Manifest, data: Path, tmp_path: Path,
         assert (out / name).stat().st_size > 0, name
     text = (out / "report.md").read_text()
     assert "## Gates" in text and "10 interleaved sub-folds" in text and "![ROC](lfw_roc.png)" in text
+    assert "| retinaface-640 | all |" in text  # the output error table
 
 
 def test_pairing_takes_the_best_overlaps_first_and_no_face_twice() -> None:
