@@ -32,8 +32,8 @@ from convert.bias_correction import (
     private_buffer,
     spread_samples,
 )
+from convert.convolution import CONVOLUTIONS, Convolution, convolution, pads, tensor_array, torch_order
 
-ROUNDED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch (AdaRound, eq. 23)
 DEFAULT_LIMIT = 32  # calibration samples, spread over the set
 ITERATIONS = 400
@@ -45,48 +45,26 @@ SEED = 20261202
 
 @dataclass
 class _Conv:
-    """A layer's convolution settings and tensors, in PyTorch's layouts."""
+    """A layer's float convolution and its int8 weights, weight scales and bias, in PyTorch's layouts."""
 
-    weight: np.ndarray  # float weights, O x I x kh x kw (I = 1 for depthwise)
+    layer: Convolution  # the float model's op: weights and geometry
+    rounded: np.ndarray  # the quantizer's int8 weights (nearest rounding), O x I x kh x kw
     scale: np.ndarray  # per-output-channel weight scale, O x 1 x 1 x 1
-    bias: np.ndarray  # float bias, O
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    same: bool
-    groups: int
-    depthwise: bool
-
-
-def _array(model: Any, tensor: Any, dtype: Any) -> np.ndarray:
-    data = np.asarray(model.buffers[tensor.buffer].data, np.uint8).tobytes()
-    return np.frombuffer(data, dtype).reshape([int(v) for v in tensor.shape])
+    bias: np.ndarray  # the int8 model's bias, as float, O
 
 
 def _conv(model: Any, op: Any, float_model: Any, float_op: Any) -> _Conv:
-    """The int8 op's weight scales and bias with the float op's weights, in PyTorch's layouts."""
-    graph, float_graph = model.subgraphs[0], float_model.subgraphs[0]
-    depthwise = op_kind(model, op) == "DEPTHWISE_CONV_2D"
-    weight = _array(float_model, float_graph.tensors[float_op.inputs[1]], np.float32)
-    weight = np.transpose(weight, (3, 0, 1, 2) if depthwise else (0, 3, 1, 2))  # TFLite: 1HWO / OHWI
-    if depthwise and weight.shape[0] != int(graph.tensors[op.inputs[0]].shape[-1]):
+    """The int8 op's weights, weight scales and bias with the float op's weights and geometry."""
+    graph = model.subgraphs[0]
+    layer = convolution(float_model, float_op)
+    if layer.depthwise and layer.weight.shape[0] != int(graph.tensors[op.inputs[0]].shape[-1]):
         raise ConvertError(f"AdaRound: {graph.tensors[op.outputs[0]].name!r} is a depthwise convolution with a "
                            "channel multiplier, which it does not handle")
+    rounded = np.transpose(tensor_array(model, graph.tensors[op.inputs[1]], np.int8), torch_order(layer.depthwise))
     scale = np.asarray(graph.tensors[op.inputs[1]].quantization.scale, np.float64).reshape(-1, 1, 1, 1)
     bias_tensor = graph.tensors[op.inputs[2]]
-    bias = _array(model, bias_tensor, np.int32) * np.asarray(bias_tensor.quantization.scale, np.float64)
-    options = op.builtinOptions
-    return _Conv(weight=weight.astype(np.float64), scale=scale, bias=bias, stride=(options.strideH, options.strideW),
-                 dilation=(max(1, options.dilationHFactor), max(1, options.dilationWFactor)),
-                 same=options.padding == 0, groups=weight.shape[0] if depthwise else 1, depthwise=depthwise)
-
-
-def _pads(size: int, kernel: int, stride: int, dilation: int, same: bool) -> tuple[int, int]:
-    """TensorFlow's SAME padding (before, after) along one axis; none for VALID."""
-    if not same:
-        return 0, 0
-    span = (kernel - 1) * dilation + 1
-    total = max((-(-size // stride) - 1) * stride + span - size, 0)
-    return total // 2, total - total // 2
+    bias = tensor_array(model, bias_tensor, np.int32) * np.asarray(bias_tensor.quantization.scale, np.float64)
+    return _Conv(layer=layer, rounded=rounded, scale=scale, bias=bias)
 
 
 def _round_layer(conv: _Conv, inputs: np.ndarray, target: np.ndarray, low: float, high: float,
@@ -96,22 +74,23 @@ def _round_layer(conv: _Conv, inputs: np.ndarray, target: np.ndarray, low: float
     import torch
     import torch.nn.functional as F
 
-    kh, kw = conv.weight.shape[2:]
-    pad_h = _pads(inputs.shape[1], kh, conv.stride[0], conv.dilation[0], conv.same)
-    pad_w = _pads(inputs.shape[2], kw, conv.stride[1], conv.dilation[1], conv.same)
+    layer = conv.layer
+    kh, kw = layer.weight.shape[2:]
+    pad_h = pads(inputs.shape[1], kh, layer.stride[0], layer.dilation[0], layer.same)
+    pad_w = pads(inputs.shape[2], kw, layer.stride[1], layer.dilation[1], layer.same)
     x = F.pad(torch.from_numpy(np.ascontiguousarray(inputs.transpose(0, 3, 1, 2), np.float32)), (*pad_w, *pad_h))
     y = torch.from_numpy(np.ascontiguousarray(target.transpose(0, 3, 1, 2), np.float32))
-    scaled = conv.weight / conv.scale
+    scaled = layer.weight / conv.scale
     floor = torch.from_numpy(np.floor(scaled).astype(np.float32))
     scale = torch.from_numpy(conv.scale.astype(np.float32))
-    nearest = np.clip(np.round(scaled), -127, 127).astype(np.float32)
+    nearest = conv.rounded.astype(np.float32)
     rest = np.clip((scaled - np.floor(scaled) - GAMMA) / (ZETA - GAMMA), 1e-4, 1 - 1e-4)
     logits = torch.from_numpy(np.log(rest / (1 - rest)).astype(np.float32)).requires_grad_(True)
     bias = torch.from_numpy(conv.bias.astype(np.float32)).requires_grad_(True)
     optimiser = torch.optim.Adam([{"params": [logits], "lr": 1e-2}, {"params": [bias], "lr": 1e-3}])
 
     def output(weights: torch.Tensor, window: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        z = F.conv2d(window, weights * scale, b, stride=conv.stride, dilation=conv.dilation, groups=conv.groups)
+        z = F.conv2d(window, weights * scale, b, stride=layer.stride, dilation=layer.dilation, groups=layer.groups)
         return torch.clamp(z, low, high)
 
     def error(weights: np.ndarray, b: torch.Tensor) -> float:
@@ -120,13 +99,13 @@ def _round_layer(conv: _Conv, inputs: np.ndarray, target: np.ndarray, low: float
             return float(np.mean([((output(w, x[n:n + 1], b) - y[n:n + 1]) ** 2).mean() for n in range(len(x))]))
 
     side = min(WINDOW, y.shape[2], y.shape[3])
-    span_h = (side - 1) * conv.stride[0] + (kh - 1) * conv.dilation[0] + 1
-    span_w = (side - 1) * conv.stride[1] + (kw - 1) * conv.dilation[1] + 1
+    span_h = (side - 1) * layer.stride[0] + (kh - 1) * layer.dilation[0] + 1
+    span_w = (side - 1) * layer.stride[1] + (kw - 1) * layer.dilation[1] + 1
     for step in range(ITERATIONS):
         picks = [(int(rng.integers(len(x))), int(rng.integers(y.shape[2] - side + 1)),
                   int(rng.integers(y.shape[3] - side + 1))) for _ in range(BATCH)]
-        xb = torch.cat([x[n:n + 1, :, i * conv.stride[0]:i * conv.stride[0] + span_h,
-                          j * conv.stride[1]:j * conv.stride[1] + span_w] for n, i, j in picks])
+        xb = torch.cat([x[n:n + 1, :, i * layer.stride[0]:i * layer.stride[0] + span_h,
+                          j * layer.stride[1]:j * layer.stride[1] + span_w] for n, i, j in picks])
         yb = torch.cat([y[n:n + 1, :, i:i + side, j:j + side] for n, i, j in picks])
         soft = torch.clamp(torch.sigmoid(logits) * (ZETA - GAMMA) + GAMMA, 0, 1)
         reconstruction = ((output(torch.clamp(floor + soft, -127, 127), xb, bias) - yb) ** 2).mean()
@@ -158,7 +137,7 @@ def adaround(quantized: bytes, reference: bytes, samples: Callable[[], Iterator[
     graph, float_graph = model.subgraphs[0], float_model.subgraphs[0]
     op_of = {int(op.outputs[0]): op for op in graph.operators}
     float_op_of = {int(op.outputs[0]): op for op in float_graph.operators}
-    layers = [layer for layer in _layers(model, float_model) if op_kind(model, op_of[layer.output]) in ROUNDED_OPS
+    layers = [layer for layer in _layers(model, float_model) if op_kind(model, op_of[layer.output]) in CONVOLUTIONS
               and layer.reference in float_op_of]
     if not layers:
         raise ConvertError("AdaRound: no int8 convolution matches a float tensor by name")
@@ -186,7 +165,7 @@ def adaround(quantized: bytes, reference: bytes, samples: Callable[[], Iterator[
                 low, high = output_range(layer, *quantization[layer.output])
                 weights, bias = _round_layer(conv, np.concatenate(seen[layer.output]),
                                              np.concatenate(targets[layer.reference]), low, high, rng)
-                _store(model, op, layer, weights, bias, conv.depthwise)
+                _store(model, op, layer, weights, bias, conv.layer.depthwise)
     finally:
         torch.set_num_threads(threads)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from convert import ConvertError, adaround, bias_correction
+from convert import ConvertError, adaround, bias_correction, reader_ranges
 
 ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 LEAKY_FRACTIONS = np.linspace(0.02, 1.0, 50)  # a LeakyReLU input's low ends tried, as fractions of its calibrated one
@@ -82,7 +82,7 @@ def run_onnx2tf(onnx_path: Path, work: Path, sample_images: np.ndarray) -> tuple
 def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
                  clip_quantile: float | None = None, bias_correct: bool = False,
                  output_floors: Mapping[tuple[int, ...], float] | None = None, leaky_ranges: bool = False,
-                 learned_rounding: bool = False) -> bytes:
+                 learned_rounding: bool = False, reader_aware: bool = False) -> bytes:
     """Full-integer int8 TFLite from a SavedModel, calibrated on `samples()` (real-valued NHWC batches of 1).
 
     By default each activation's int8 range is its min/max over the samples. With `clip_quantile` (e.g. 0.99999),
@@ -91,10 +91,11 @@ def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
     input and outputs keep their full range, except that `output_floors` (output shape -> value) raises an
     output's lower bound to a value below which the runtime never looks, so the values it does look at get finer
     steps. With `leaky_ranges`, a tensor only a LeakyReLU reads gets the low end that minimises the error the
-    LeakyReLU passes on (`leaky_low_end`). With `learned_rounding`, every convolution's weights are then rounded,
-    and its bias refitted, to bring its output closest to the calibrated float model's (convert.adaround); with
-    `bias_correct`, each conv/depthwise/FC layer's mean output error against it is folded into its int32 bias
-    (convert.bias_correction).
+    LeakyReLU passes on (`leaky_low_end`). With `reader_aware`, a tensor read only by convolutions, ADDs and MULs
+    gets the range that minimises the error its readers pass on (convert.reader_ranges). With `learned_rounding`,
+    every convolution's weights are then rounded, and its bias refitted, to bring its output closest to the
+    calibrated float model's (convert.adaround); with `bias_correct`, each conv/depthwise/FC layer's mean output
+    error against it is folded into its int32 bias (convert.bias_correction).
     """
     import tensorflow as tf
 
@@ -104,13 +105,15 @@ def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
     converter.representative_dataset = lambda: ([sample.astype(np.float32)] for sample in samples())
-    two_step = clip_quantile is not None or bias_correct or bool(output_floors) or leaky_ranges or learned_rounding
+    two_step = (clip_quantile is not None or bias_correct or bool(output_floors) or leaky_ranges or learned_rounding
+                or reader_aware)
     converter._experimental_calibrate_only = two_step  # float model + recorded ranges, quantized by us
     try:
         converted = converter.convert()
         if not two_step:
             return converted
-        quantized = _requantize_clipped(converted, samples, clip_quantile, output_floors or {}, leaky_ranges)
+        quantized = _requantize_clipped(converted, samples, clip_quantile, output_floors or {}, leaky_ranges,
+                                        reader_aware)
         if learned_rounding:
             quantized = adaround.adaround(quantized, converted, samples)
         return bias_correction.bias_correct(quantized, converted, samples) if bias_correct else quantized
@@ -121,9 +124,11 @@ def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
 
 
 def _requantize_clipped(calibrated: bytes, samples: Callable[[], Iterator[np.ndarray]], quantile: float | None,
-                        floors: Mapping[tuple[int, ...], float], leaky_ranges: bool = False) -> bytes:
+                        floors: Mapping[tuple[int, ...], float], leaky_ranges: bool = False,
+                        reader_aware: bool = False) -> bytes:
     """Quantize a calibrated float model (min/max recorded per tensor) after narrowing its ranges
-    (`_narrow_ranges`) and raising each output whose shape is in `floors` to start there.
+    (`_narrow_ranges`, then with `reader_aware` convert.reader_ranges) and raising each output whose shape is in
+    `floors` to start there.
 
     Uses TF's own calibrate-then-quantize split (`_experimental_calibrate_only`, `mlir_quantize`), which the
     converter version in the build key pins.
@@ -136,6 +141,8 @@ def _requantize_clipped(calibrated: bytes, samples: Callable[[], Iterator[np.nda
     _raise_floors(model, floors)
     if quantile is not None or leaky_ranges:
         _narrow_ranges(model, calibrated, samples, quantile, leaky_ranges)
+    if reader_aware:
+        reader_ranges.reader_ranges(model, calibrated, samples)
     edited = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
     return mlir_quantize(edited, fully_quantize=True, input_data_type=tf.int8, output_data_type=tf.int8)
 
