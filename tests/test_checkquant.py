@@ -20,6 +20,7 @@ from edgeface.tools.checkquant import (
     nearest_centre,
     snr_db,
     stage_models,
+    wider_event,
     wider_predictions,
 )
 from edgeface.tools.evaluation.gates import GATES_FILE, Gate, check, load_limits, worst_stage
@@ -82,7 +83,7 @@ def test_output_errors_by_hand() -> None:
                 "landmarks_s8": np.zeros((1, 1, 1, 20))}
     int8 = {"conf_s8": np.array([[[[2.5, -4.0]]]]), "loc_s8": np.full((1, 1, 1, 8), 0.2),
             "landmarks_s8": np.concatenate([np.full(10, 0.3), np.full(10, 5.0)]).reshape(1, 1, 1, 20)}
-    errors = OutputErrors(lambda name: name.split("/")[0])
+    errors = OutputErrors(wider_event)
     errors.add("retinaface-320", "0--Parade/a.jpg", floating, int8)
     errors.add("retinaface-320", "13--Interview/b.jpg", floating, {**int8, "conf_s8": np.array([[[[1.0, -3.0]]]])})
     table = errors.rms("retinaface-320")

@@ -139,14 +139,17 @@ def _detect_all(photos: dict[str, Path], analyzers: dict[tuple[str, str], _Recor
         for stage, precision in analyzers:
             if errors is not None and precision == "int8" and stage.startswith("retinaface"):
                 pair = [analyzers[stage, p].recorded[stage] for p in PRECISIONS]
-                errors.add(stage, name, pair[0].last, pair[1].last)
+                if all(model.last for model in pair):  # both ran on this photo
+                    errors.add(stage, name, pair[0].last, pair[1].last)
+                for model in pair:
+                    model.last = {}
     return found
 
 
 class OutputErrors:
     """RMS of int8 minus float per RetinaFace stage, photo group and output kind ('conf': face logit, 'loc': box
-    offsets, 'landmarks': landmark offsets), over the priors the decoder keeps at either precision (score at least
-    AP_SCORE_THRESHOLD: the rest no threshold looks at). Steadier than AP on a few hundred photos, and it says which
+    offsets, 'landmarks': landmark offsets), over the priors either precision scores AP_SCORE_THRESHOLD or more
+    (the rest no threshold looks at). Steadier than AP on a few hundred photos, and it says which
     output the int8 loss comes from."""
 
     def __init__(self, group: Callable[[str], str]) -> None:
@@ -161,6 +164,8 @@ class OutputErrors:
             logits = [outputs[f"conf_s{stride}"].ravel() for outputs in (reference, test)]
             kept = np.maximum(*logits) >= lowest
             difference = (value.astype(np.float64) - reference[role]).reshape(kept.size, -1)[kept]
+            if not difference.size:
+                continue
             for key in ((stage, "all", kind), (stage, self.group(name), kind)):
                 total = self.sums.setdefault(key, [0.0, 0])
                 total[0] += float(np.sum(np.square(difference)))
@@ -171,7 +176,7 @@ class OutputErrors:
         table: dict[str, dict[str, float]] = {}
         for (key, group, kind), (squares, count) in sorted(self.sums.items()):
             if key == stage:
-                table.setdefault(group, {})[kind] = math.sqrt(squares / count) if count else float("nan")
+                table.setdefault(group, {})[kind] = math.sqrt(squares / count)
         return table
 
 
@@ -181,6 +186,11 @@ def _boxes(faces: list[Face]) -> np.ndarray:
 
 def _points(faces: list[Face]) -> np.ndarray:
     return np.array([face.landmarks for face in faces], dtype=np.float64).reshape(-1, 5, 2)
+
+
+def wider_event(key: str) -> str:
+    """The event of a WIDER image key ('0--Parade/0_Parade_marchingband_1_20' -> '0--Parade')."""
+    return key.split("/")[0]
 
 
 def wider_predictions(found: dict[str, list[Face]]) -> dict[str, np.ndarray]:
@@ -196,7 +206,7 @@ def detection(data: Path, profile: Profile, subsets: Subsets, results: Results) 
     photos = {image_key(path.relative_to(root / "images").as_posix()): path
               for path in list_images(root / "images")[::subsets.wider_step]}
     stages = detector_stages(profile)
-    errors = OutputErrors(lambda name: name.split("/")[0])
+    errors = OutputErrors(wider_event)
     found = _detect_all(photos, _stage_analyzers(profile, stages, AP_SCORE_THRESHOLD), errors)
     rows = []
     for detector, size in stages:
@@ -205,7 +215,7 @@ def detection(data: Path, profile: Profile, subsets: Subsets, results: Results) 
             predictions = wider_predictions(found[stage, p])
             results.pr[f"{stage} {p}"] = curves = evaluate(predictions, truth)
             ap[p] = {setting: curves[setting].ap for setting in SETTINGS}
-            for event in sorted({key.split("/")[0] for key in predictions}):
+            for event in sorted({wider_event(key) for key in predictions}):
                 part = evaluate({k: v for k, v in predictions.items() if k.startswith(f"{event}/")}, truth)
                 events.setdefault(event, {})[p] = {setting: part[setting].ap for setting in SETTINGS}
         for event, by_precision in events.items():

@@ -56,9 +56,9 @@ def markdown(report: dict[str, Any], images: dict[str, str]) -> str:
                                                for row in report["detection"]
                                                for event, drops in row.get("events", {}).items()]),
         "Int8 output error, the same letterboxed photos through both: RMS of int8 − float per output kind (face "
-        "logit, box and landmark offsets) on the priors either precision scores ≥ 0.02; steadier than AP on a few "
-        "hundred photos",
-        _table(["model", "photos", *OUTPUT_KINDS],
+        "logit, box and landmark offsets) on the priors either precision scores at least the AP threshold; steadier "
+        "than AP on a few hundred photos",
+        _table(["model", "event", *OUTPUT_KINDS],
                [[row["model"], group, *(_number(kinds.get(kind, float("nan")), 4) for kind in OUTPUT_KINDS)]
                 for row in report["detection"] for group, kinds in row.get("output_rms_error", {}).items()]),
         " ".join(f"![{s}]({images[f'pr_{s}']})" for s in SETTINGS),
