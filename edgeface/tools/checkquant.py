@@ -159,11 +159,11 @@ class OutputErrors:
     def add(self, stage: str, name: str, reference: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> None:
         """One photo's raw outputs, float (`reference`) and int8 (`test`), by role ('conf_s8', 'loc_s16', ...)."""
         lowest = logit_of(AP_SCORE_THRESHOLD)
+        kept = {role.split("_s")[1]: np.maximum(reference[role], value).ravel() >= lowest  # priors, per stride
+                for role, value in test.items() if role.startswith("conf_s")}
         for role, value in test.items():
             kind, stride = role.split("_s")
-            logits = [outputs[f"conf_s{stride}"].ravel() for outputs in (reference, test)]
-            kept = np.maximum(*logits) >= lowest
-            difference = (value.astype(np.float64) - reference[role]).reshape(kept.size, -1)[kept]
+            difference = (value.astype(np.float64) - reference[role]).reshape(kept[stride].size, -1)[kept[stride]]
             if not difference.size:
                 continue
             for key in ((stage, "all", kind), (stage, self.group(name), kind)):
