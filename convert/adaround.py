@@ -4,12 +4,14 @@ each layer's bias refitted alongside (as in AdaQuant, Hubara et al. 2021).
 Rounding every weight to its nearest int8 step minimises each weight's own error, not the layer's output error.
 For every convolution and depthwise convolution, in dependency order, this picks per weight whether to round
 down or up (and refits the float bias) so that the layer's output on calibration inputs comes closest to the
-calibrated float model's same-named tensor. The layer's input is read from the int8 model as corrected so far,
-so each layer also absorbs the int8 error of everything upstream. The choice is learned as in AdaRound: a
-rectified sigmoid per weight, trained by Adam on random output windows with a regulariser that anneals it to 0
-or 1. A layer whose learned rounding does not lower its output error on the calibration inputs keeps the
-nearest rounding. Only weight and bias values change: the ops, their scales and zero points, and so the kernels
-a delegate picks, stay the same.
+calibrated float model's same-named tensor, both as the layer's reader sees them: clipped to the output's int8
+range (no int8 value lies outside it, and the runtime never looks below an output floor), then through the
+LeakyReLU when only a LeakyReLU reads the output (it shrinks the error of negative values with them). The
+layer's input is read from the int8 model as corrected so far, so each layer also absorbs the int8 error of
+everything upstream. The choice is learned as in AdaRound: a rectified sigmoid per weight, trained by Adam on
+random output windows with a regulariser that anneals it to 0 or 1. A layer whose learned rounding does not
+lower its output error on the calibration inputs keeps the quantizer's own weights and bias. Only weight and
+bias values change: the ops, their scales and zero points, and so the kernels a delegate picks, stay the same.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ from convert.bias_correction import (
     _layers,
     float_outputs,
     int8_interpreter,
+    leaky_inputs,
     op_kind,
     output_range,
     private_buffer,
     spread_samples,
 )
-from convert.convolution import CONVOLUTIONS, Convolution, convolution, pads, tensor_array, torch_order
+from convert.convolution import CONVOLUTIONS, Convolution, convolution, padded, tensor_array, torch_order
 
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch (AdaRound, eq. 23)
 DEFAULT_LIMIT = 32  # calibration samples, spread over the set
@@ -48,7 +51,7 @@ class _Conv:
     """A layer's float convolution and its int8 weights, weight scales and bias, in PyTorch's layouts."""
 
     layer: Convolution  # the float model's op: weights and geometry
-    rounded: np.ndarray  # the quantizer's int8 weights (nearest rounding), O x I x kh x kw
+    rounded: np.ndarray  # the quantizer's int8 weights, O x I x kh x kw
     scale: np.ndarray  # per-output-channel weight scale, O x 1 x 1 x 1
     bias: np.ndarray  # the int8 model's bias, as float, O
 
@@ -68,30 +71,34 @@ def _conv(model: Any, op: Any, float_model: Any, float_op: Any) -> _Conv:
 
 
 def _round_layer(conv: _Conv, inputs: np.ndarray, target: np.ndarray, low: float, high: float,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                 rng: np.random.Generator, alpha: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Learned int8 weights (O x I x kh x kw) and float bias for one layer, from its N x H x W x C real-valued int8
-    inputs and float target outputs; the nearest rounding and the given bias if learning does not help."""
+    inputs and float target outputs, compared clipped to [low, high] and then, with `alpha`, through a LeakyReLU;
+    the quantizer's weights and bias if learning does not help."""
     import torch
     import torch.nn.functional as F
 
     layer = conv.layer
     kh, kw = layer.weight.shape[2:]
-    pad_h = pads(inputs.shape[1], kh, layer.stride[0], layer.dilation[0], layer.same)
-    pad_w = pads(inputs.shape[2], kw, layer.stride[1], layer.dilation[1], layer.same)
-    x = F.pad(torch.from_numpy(np.ascontiguousarray(inputs.transpose(0, 3, 1, 2), np.float32)), (*pad_w, *pad_h))
-    y = torch.from_numpy(np.ascontiguousarray(target.transpose(0, 3, 1, 2), np.float32))
+    x = padded(layer, inputs)
+
+    def seen(z: torch.Tensor) -> torch.Tensor:  # a value as the layer's reader sees it
+        z = torch.clamp(z, low, high)
+        return z if alpha is None else F.leaky_relu(z, alpha)
+
+    y = seen(torch.from_numpy(np.ascontiguousarray(target.transpose(0, 3, 1, 2), np.float32)))
     scaled = layer.weight / conv.scale
     floor = torch.from_numpy(np.floor(scaled).astype(np.float32))
     scale = torch.from_numpy(conv.scale.astype(np.float32))
-    nearest = conv.rounded.astype(np.float32)
+    given = conv.rounded.astype(np.float32)
     rest = np.clip((scaled - np.floor(scaled) - GAMMA) / (ZETA - GAMMA), 1e-4, 1 - 1e-4)
     logits = torch.from_numpy(np.log(rest / (1 - rest)).astype(np.float32)).requires_grad_(True)
     bias = torch.from_numpy(conv.bias.astype(np.float32)).requires_grad_(True)
     optimiser = torch.optim.Adam([{"params": [logits], "lr": 1e-2}, {"params": [bias], "lr": 1e-3}])
 
     def output(weights: torch.Tensor, window: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        z = F.conv2d(window, weights * scale, b, stride=layer.stride, dilation=layer.dilation, groups=layer.groups)
-        return torch.clamp(z, low, high)
+        return seen(F.conv2d(window, weights * scale, b, stride=layer.stride, dilation=layer.dilation,
+                             groups=layer.groups))
 
     def error(weights: np.ndarray, b: torch.Tensor) -> float:
         with torch.no_grad():
@@ -119,9 +126,9 @@ def _round_layer(conv: _Conv, inputs: np.ndarray, target: np.ndarray, low: float
         loss.backward()
         optimiser.step()
     learned = np.clip(floor.numpy() + (logits.detach().numpy() >= 0), -127, 127).astype(np.float32)
-    if error(learned, bias.detach()) < error(nearest, torch.from_numpy(conv.bias.astype(np.float32))):
+    if error(learned, bias.detach()) < error(given, torch.from_numpy(conv.bias.astype(np.float32))):
         return learned, bias.detach().numpy().astype(np.float64)
-    return nearest, conv.bias
+    return given, conv.bias
 
 
 def adaround(quantized: bytes, reference: bytes, samples: Callable[[], Iterator[np.ndarray]],
@@ -141,6 +148,7 @@ def adaround(quantized: bytes, reference: bytes, samples: Callable[[], Iterator[
               and layer.reference in float_op_of]
     if not layers:
         raise ConvertError("AdaRound: no int8 convolution matches a float tensor by name")
+    leaky = leaky_inputs(model)
     inputs = spread_samples(samples, limit)
     targets = float_outputs(reference, inputs, [layer.reference for layer in layers])
     rng = np.random.default_rng(SEED)  # the only randomness: which samples and windows each step learns on
@@ -163,8 +171,9 @@ def adaround(quantized: bytes, reference: bytes, samples: Callable[[], Iterator[
                 op = op_of[layer.output]
                 conv = _conv(model, op, float_model, float_op_of[layer.reference])
                 low, high = output_range(layer, *quantization[layer.output])
+                alpha = leaky[layer.output][0] if layer.output in leaky else None
                 weights, bias = _round_layer(conv, np.concatenate(seen[layer.output]),
-                                             np.concatenate(targets[layer.reference]), low, high, rng)
+                                             np.concatenate(targets[layer.reference]), low, high, rng, alpha)
                 _store(model, op, layer, weights, bias, conv.layer.depthwise)
     finally:
         torch.set_num_threads(threads)
@@ -174,7 +183,7 @@ def adaround(quantized: bytes, reference: bytes, samples: Callable[[], Iterator[
 def _store(model: Any, op: Any, layer: Layer, weights: np.ndarray, bias: np.ndarray, depthwise: bool) -> None:
     """Write a layer's int8 weights (PyTorch layout) and float bias back into the flatbuffer (object API)."""
     graph = model.subgraphs[0]
-    order = (1, 2, 3, 0) if depthwise else (0, 2, 3, 1)
+    order = tuple(np.argsort(torch_order(depthwise)))  # PyTorch's layout back to TFLite's
     weight_tensor = graph.tensors[op.inputs[1]]
     private_buffer(model, weight_tensor)
     data = np.ascontiguousarray(weights.transpose(order).astype(np.int8))

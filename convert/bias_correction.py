@@ -52,6 +52,25 @@ def op_kind(model: Any, op: Any) -> str:
     return OP_NAMES.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
 
 
+def tensor_readers(graph: Any) -> dict[int, list[Any]]:
+    """Tensor index -> the ops that read it (flatbuffer object API), each op once even if it reads it twice."""
+    found: dict[int, list[Any]] = {}
+    for op in graph.operators:
+        for index in dict.fromkeys(int(i) for i in op.inputs if i >= 0):
+            found.setdefault(index, []).append(op)
+    return found
+
+
+def leaky_inputs(model: Any) -> dict[int, tuple[float, int]]:
+    """The tensors that only a LEAKY_RELU reads: tensor index -> (its alpha, its output's index)."""
+    graph = model.subgraphs[0]
+    found = {}
+    for index, ops in tensor_readers(graph).items():
+        if len(ops) == 1 and index not in graph.outputs and op_kind(model, ops[0]) == "LEAKY_RELU":
+            found[index] = (float(ops[0].builtinOptions.alpha), int(ops[0].outputs[0]))
+    return found
+
+
 def _layers(model: Any, reference: Any) -> list[Layer]:
     """The biased layers of `model` (int8) that have a same-named float tensor of the same shape in `reference`."""
     graph = model.subgraphs[0]
@@ -155,21 +174,22 @@ def _shift(quantized: np.ndarray, floating: np.ndarray, low: float, high: float)
 
 
 def bias_correct(quantized: bytes, reference: bytes, samples: Callable[[], Iterator[np.ndarray]],
-                 limit: int = DEFAULT_LIMIT) -> bytes:
-    """`quantized` (full-integer int8 TFLite) with every conv/depthwise/FC bias corrected for the mean output error
-    against `reference` (the float model it was quantized from, same tensor names), measured on `limit` of
-    `samples()` spread evenly over them (real-valued batches of 1, as fed to the float model)."""
+                 limit: int = DEFAULT_LIMIT, outputs_only: bool = False) -> bytes:
+    """`quantized` (full-integer int8 TFLite) with every conv/depthwise/FC bias (with `outputs_only`, only those of
+    the layers writing a model output) corrected for the mean output error against `reference` (the float model
+    it was quantized from, same tensor names), measured on `limit` of `samples()` spread evenly over them
+    (real-valued batches of 1, as fed to the float model)."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(quantized)
     float_model = flatbuffer_utils.convert_bytearray_to_object(reference)
     graph = model.subgraphs[0]
-    layers = _layers(model, float_model)
+    layers = [layer for layer in _layers(model, float_model) if not outputs_only or layer.output in graph.outputs]
     if not layers:
         raise ConvertError("bias correction: no int8 layer matches a float tensor by name")
     inputs = spread_samples(samples, limit)
     references = float_outputs(reference, inputs, [layer.reference for layer in layers])
-    for level in range(1, max(layer.level for layer in layers) + 1):
+    for level in sorted({layer.level for layer in layers}):
         current = [layer for layer in layers if layer.level == level]
         interpreter, input_index, quantization = int8_interpreter(model)
         sums = {layer.output: 0.0 for layer in current}

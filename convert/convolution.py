@@ -64,15 +64,24 @@ def pads(size: int, kernel: int, stride: int, dilation: int, same: bool) -> tupl
     return total // 2, total - total // 2
 
 
-def apply(conv: Convolution, inputs: np.ndarray) -> Any:
-    """The convolution, with its fused activation, of N x H x W x C float inputs: an N x O x H' x W' torch tensor."""
+def padded(conv: Convolution, inputs: np.ndarray) -> Any:
+    """N x H x W x C float inputs as the N x C x H x W torch tensor the convolution reads, TensorFlow's padding added
+    (so that a VALID torch convolution of it gives TensorFlow's output)."""
     import torch
     import torch.nn.functional as F
 
     kh, kw = conv.weight.shape[2:]
     pad_h = pads(inputs.shape[1], kh, conv.stride[0], conv.dilation[0], conv.same)
     pad_w = pads(inputs.shape[2], kw, conv.stride[1], conv.dilation[1], conv.same)
-    x = F.pad(torch.from_numpy(np.ascontiguousarray(inputs.transpose(0, 3, 1, 2), np.float32)), (*pad_w, *pad_h))
+    return F.pad(torch.from_numpy(np.ascontiguousarray(inputs.transpose(0, 3, 1, 2), np.float32)), (*pad_w, *pad_h))
+
+
+def apply(conv: Convolution, inputs: np.ndarray) -> Any:
+    """The convolution, with its fused activation, of N x H x W x C float inputs: an N x O x H' x W' torch tensor."""
+    import torch
+    import torch.nn.functional as F
+
+    x = padded(conv, inputs)
     bias = None if conv.bias is None else torch.from_numpy(conv.bias.astype(np.float32))
     y = F.conv2d(x, torch.from_numpy(conv.weight.astype(np.float32)), bias, stride=conv.stride,
                  dilation=conv.dilation, groups=conv.groups)

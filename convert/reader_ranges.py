@@ -17,32 +17,27 @@ from typing import Any
 
 import numpy as np
 
-from convert.bias_correction import op_kind, spread_samples
+from convert.bias_correction import op_kind, spread_samples, tensor_readers
 from convert.convolution import CONVOLUTIONS, apply, convolution
 
 FRACTIONS = np.linspace(0.3, 1.0, 29)  # the fractions of each end of the recorded range tried
 ELEMENTWISE = ("ADD", "MUL")
+TIED = ("CONCATENATION", "RESHAPE", "SQUEEZE", "TRANSPOSE", "PAD", "MAX_POOL_2D", "AVERAGE_POOL_2D", "STRIDED_SLICE",
+        "LOGISTIC", "TANH", "SOFTMAX")
+"""Ops whose int8 output range is not their own: it is their input's, or fixed (TFLite's int8 quantization spec)."""
 SAMPLES = 24  # calibration samples the errors are measured on, spread over the set
 
 
-def _readers(graph: Any) -> dict[int, list[Any]]:
-    found: dict[int, list[Any]] = {}
-    for op in graph.operators:
-        for index in op.inputs:
-            if index >= 0:
-                found.setdefault(int(index), []).append(op)
-    return found
-
-
 def searched_tensors(model: Any) -> dict[int, list[Any]]:
-    """The intermediate tensors with one recorded range whose readers are all convolutions (reading it as their
-    input) or element-wise ADDs and MULs: tensor index -> its readers."""
+    """The intermediate tensors with one recorded range of their own (not made by a TIED op) whose readers are all
+    convolutions (reading it as their input) or element-wise ADDs and MULs: tensor index -> its readers."""
     graph = model.subgraphs[0]
     ends = {*graph.inputs, *graph.outputs}
+    tied = {int(out) for op in graph.operators if op_kind(model, op) in TIED for out in op.outputs}
     chosen = {}
-    for index, ops in _readers(graph).items():
+    for index, ops in tensor_readers(graph).items():
         quantization = graph.tensors[index].quantization
-        if (index in ends or quantization is None or quantization.min is None
+        if (index in ends or index in tied or quantization is None or quantization.min is None
                 or len(quantization.min) != 1):
             continue
         if all(op_kind(model, op) in ELEMENTWISE
@@ -56,6 +51,8 @@ def _relative_error(approximate: Any, exact: Any) -> float:
 
 
 def _fake_quantize(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    if high <= low:  # a tensor that is zero on every sample: int8 holds it exactly
+        return np.clip(values, low, high).astype(np.float32)
     step = (high - low) / 255
     return (np.round((np.clip(values, low, high) - low) / step) * step + low).astype(np.float32)
 
@@ -72,8 +69,10 @@ def best_range(values: np.ndarray, low: float, high: float,
                    for reader, target in zip(readers, exact))
 
     _, a, b = min((cost(f, f), f, f) for f in FRACTIONS)
-    _, a, _ = min((cost(f, b), f, b) for f in FRACTIONS)
-    _, _, b = min((cost(a, f), a, f) for f in FRACTIONS)
+    if low < 0:  # an end at zero stays there, whatever its fraction
+        _, a, _ = min((cost(f, b), f, b) for f in FRACTIONS)
+    if high > 0:
+        _, _, b = min((cost(a, f), a, f) for f in FRACTIONS)
     return low * a, high * b
 
 

@@ -82,7 +82,8 @@ def run_onnx2tf(onnx_path: Path, work: Path, sample_images: np.ndarray) -> tuple
 def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
                  clip_quantile: float | None = None, bias_correct: bool = False,
                  output_floors: Mapping[tuple[int, ...], float] | None = None, leaky_ranges: bool = False,
-                 learned_rounding: bool = False, reader_aware: bool = False) -> bytes:
+                 learned_rounding: bool = False, reader_aware_ranges: bool = False,
+                 output_bias_correct: bool = False) -> bytes:
     """Full-integer int8 TFLite from a SavedModel, calibrated on `samples()` (real-valued NHWC batches of 1).
 
     By default each activation's int8 range is its min/max over the samples. With `clip_quantile` (e.g. 0.99999),
@@ -91,11 +92,12 @@ def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
     input and outputs keep their full range, except that `output_floors` (output shape -> value) raises an
     output's lower bound to a value below which the runtime never looks, so the values it does look at get finer
     steps. With `leaky_ranges`, a tensor only a LeakyReLU reads gets the low end that minimises the error the
-    LeakyReLU passes on (`leaky_low_end`). With `reader_aware`, a tensor read only by convolutions, ADDs and MULs
+    LeakyReLU passes on (`leaky_low_end`). With `reader_aware_ranges`, a tensor read only by convolutions, ADDs and MULs
     gets the range that minimises the error its readers pass on (convert.reader_ranges). With `learned_rounding`,
     every convolution's weights are then rounded, and its bias refitted, to bring its output closest to the
     calibrated float model's (convert.adaround); with `bias_correct`, each conv/depthwise/FC layer's mean output
-    error against it is folded into its int32 bias (convert.bias_correction).
+    error against it is folded into its int32 bias (convert.bias_correction), with `output_bias_correct` only each
+    output layer's, measured where the float output lies inside the int8 output's range (above a floor, say).
     """
     import tensorflow as tf
 
@@ -106,17 +108,19 @@ def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
     converter.inference_output_type = tf.int8
     converter.representative_dataset = lambda: ([sample.astype(np.float32)] for sample in samples())
     two_step = (clip_quantile is not None or bias_correct or bool(output_floors) or leaky_ranges or learned_rounding
-                or reader_aware)
+                or reader_aware_ranges or output_bias_correct)
     converter._experimental_calibrate_only = two_step  # float model + recorded ranges, quantized by us
     try:
         converted = converter.convert()
         if not two_step:
             return converted
         quantized = _requantize_clipped(converted, samples, clip_quantile, output_floors or {}, leaky_ranges,
-                                        reader_aware)
+                                        reader_aware_ranges)
         if learned_rounding:
             quantized = adaround.adaround(quantized, converted, samples)
-        return bias_correction.bias_correct(quantized, converted, samples) if bias_correct else quantized
+        if bias_correct or output_bias_correct:
+            quantized = bias_correction.bias_correct(quantized, converted, samples, outputs_only=not bias_correct)
+        return quantized
     except ConvertError:
         raise
     except Exception as error:  # the converter raises bare Exceptions and ConverterErrors alike
@@ -125,9 +129,9 @@ def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
 
 def _requantize_clipped(calibrated: bytes, samples: Callable[[], Iterator[np.ndarray]], quantile: float | None,
                         floors: Mapping[tuple[int, ...], float], leaky_ranges: bool = False,
-                        reader_aware: bool = False) -> bytes:
+                        reader_aware_ranges: bool = False) -> bytes:
     """Quantize a calibrated float model (min/max recorded per tensor) after narrowing its ranges
-    (`_narrow_ranges`, then with `reader_aware` convert.reader_ranges) and raising each output whose shape is in
+    (`_narrow_ranges`, then with `reader_aware_ranges` convert.reader_ranges) and raising each output whose shape is in
     `floors` to start there.
 
     Uses TF's own calibrate-then-quantize split (`_experimental_calibrate_only`, `mlir_quantize`), which the
@@ -141,7 +145,7 @@ def _requantize_clipped(calibrated: bytes, samples: Callable[[], Iterator[np.nda
     _raise_floors(model, floors)
     if quantile is not None or leaky_ranges:
         _narrow_ranges(model, calibrated, samples, quantile, leaky_ranges)
-    if reader_aware:
+    if reader_aware_ranges:
         reader_ranges.reader_ranges(model, calibrated, samples)
     edited = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
     return mlir_quantize(edited, fully_quantize=True, input_data_type=tf.int8, output_data_type=tf.int8)
@@ -162,7 +166,8 @@ def _narrow_ranges(model: Any, calibrated: bytes, samples: Callable[[], Iterator
               and len(tensor.quantization.min) == 1]
     low = {index: float(graph.tensors[index].quantization.min[0]) for index in ranged}
     high = {index: float(graph.tensors[index].quantization.max[0]) for index in ranged}
-    leaky = {index: found for index, found in _leaky_inputs(model).items() if index in low} if leaky_ranges else {}
+    found = bias_correction.leaky_inputs(model) if leaky_ranges else {}
+    leaky = {index: pair for index, pair in found.items() if index in low}
     kept: dict[int, list[np.ndarray]] = {index: [] for index in leaky}
     if quantile is not None:
         low, high = {index: np.inf for index in ranged}, {index: -np.inf for index in ranged}
@@ -188,20 +193,6 @@ def _narrow_ranges(model: Any, calibrated: bytes, samples: Callable[[], Iterator
     for index in ranged:
         graph.tensors[index].quantization.min = [min(float(low[index]), 0.0)]
         graph.tensors[index].quantization.max = [max(float(high[index]), 0.0)]
-
-
-def _leaky_inputs(model: Any) -> dict[int, tuple[float, int]]:
-    """The tensors that only a LEAKY_RELU reads: tensor index -> (its alpha, its output's index)."""
-    graph = model.subgraphs[0]
-    readers: dict[int, list[Any]] = {}
-    for op in graph.operators:
-        for index in op.inputs:
-            readers.setdefault(int(index), []).append(op)
-    found = {}
-    for index, ops in readers.items():
-        if len(ops) == 1 and index not in graph.outputs and bias_correction.op_kind(model, ops[0]) == "LEAKY_RELU":
-            found[index] = (float(ops[0].builtinOptions.alpha), int(ops[0].outputs[0]))
-    return found
 
 
 def leaky_low_end(values: np.ndarray, low: float, high: float, alpha: float) -> float:

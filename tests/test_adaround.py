@@ -18,10 +18,11 @@ from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 from conftest import buffer_bytes, calibrate_only  # noqa: E402
 from tensorflow.lite.tools import flatbuffer_utils  # noqa: E402
 
-from convert.adaround import adaround  # noqa: E402
-from convert.convolution import apply, convolution  # noqa: E402
+from convert.adaround import _Conv, _round_layer, adaround  # noqa: E402
+from convert.bias_correction import leaky_inputs  # noqa: E402
+from convert.convolution import Convolution, apply, convolution  # noqa: E402
 from convert.reader_ranges import best_range, searched_tensors  # noqa: E402
-from convert.tflite import _leaky_inputs, _requantize_clipped, leaky_low_end  # noqa: E402
+from convert.tflite import _requantize_clipped, leaky_low_end  # noqa: E402
 
 SAMPLES = 24
 INT8, INT32 = 9, 2  # TensorType
@@ -105,7 +106,7 @@ def test_a_leaky_relu_input_trades_negative_range_for_finer_steps() -> None:
 
     def leaky_input_range(quantized: bytes) -> tuple[float, float]:
         model = flatbuffer_utils.convert_bytearray_to_object(quantized)
-        [index] = _leaky_inputs(model)  # the tensor only the LeakyReLU reads
+        [index] = leaky_inputs(model)  # the tensor only the LeakyReLU reads
         quantization = model.subgraphs[0].tensors[index].quantization
         scale, zero = float(quantization.scale[0]), int(quantization.zeroPoint[0])
         return (-128 - zero) * scale, (127 - zero) * scale
@@ -133,7 +134,7 @@ def test_a_range_is_narrowed_more_for_a_reader_that_amplifies_rounding_noise() -
     searched = searched_tensors(model)  # the two convolutions' inputs: not the model's input, not its output
     assert len(searched) == 2 and not {*model.subgraphs[0].inputs, *model.subgraphs[0].outputs} & set(searched)
     plain = _requantize_clipped(calibrated, _samples, None, {})
-    aware = _requantize_clipped(calibrated, _samples, None, {}, reader_aware=True)
+    aware = _requantize_clipped(calibrated, _samples, None, {}, reader_aware_ranges=True)
     kinds = [[op.opcodeIndex for op in flatbuffer_utils.convert_bytearray_to_object(m).subgraphs[0].operators]
              for m in (plain, aware)]
     assert kinds[0] == kinds[1]
@@ -163,3 +164,48 @@ def test_convolutions_computed_in_torch_match_tflite() -> None:
         np.testing.assert_allclose(computed, interpreter.get_tensor(op.outputs[0]), rtol=1e-4, atol=1e-4)
         compared += 1
     assert compared == 4
+
+
+def _toy_layer(seed: int) -> tuple[_Conv, np.ndarray, np.ndarray]:
+    """A 3 x 3 convolution with per-channel int8 weights (nearest rounding), coarsely rounded inputs (as an int8
+    model upstream would give them), and its float outputs on the exact inputs."""
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(0.0, 0.3, (4, 3, 3, 3))
+    scale = np.abs(weight).reshape(4, -1).max(axis=1).reshape(4, 1, 1, 1) / 127
+    layer = Convolution(weight=weight, bias=np.zeros(4), stride=(1, 1), dilation=(1, 1), same=True, groups=1,
+                        depthwise=False, activation=0)
+    inputs = rng.normal(0.0, 1.0, (6, 12, 12, 3)).astype(np.float32)
+    target = apply(layer, inputs).numpy().transpose(0, 2, 3, 1)
+    coarse = (np.round(inputs / 0.4) * 0.4).astype(np.float32)
+    return _Conv(layer=layer, rounded=np.round(weight / scale), scale=scale, bias=np.zeros(4)), coarse, target
+
+
+def test_rounding_is_fitted_to_what_the_int8_output_can_hold() -> None:
+    """Float values beyond the output's int8 range (below a face-logit floor, say) cannot be matched and are never
+    looked at: moving them further out changes nothing the rounding learns."""
+    conv, inputs, target = _toy_layer(5)
+    low, high = -0.5, 2.0
+    assert (target < low).mean() > 0.2  # the clipped values are a real part of the target
+    farther = np.where(target < low, target - 50.0, target)
+    learned = _round_layer(conv, inputs, target, low, high, np.random.default_rng(1))
+    moved = _round_layer(conv, inputs, farther, low, high, np.random.default_rng(1))
+    assert not np.array_equal(learned[0], conv.rounded)  # it did learn something
+    np.testing.assert_array_equal(learned[0], moved[0])
+    np.testing.assert_array_equal(learned[1], moved[1])
+
+
+def test_rounding_under_a_leaky_relu_weighs_negative_errors_by_its_slope() -> None:
+    """With a LeakyReLU as the only reader, the fit is judged after it: the error it passes on is lower than when
+    the fit ignores the LeakyReLU."""
+    conv, inputs, target = _toy_layer(6)
+    low, high, alpha = float(target.min()), float(target.max()), 0.1
+
+    def passed_on(weights: np.ndarray, bias: np.ndarray) -> float:
+        fitted = Convolution(**{**conv.layer.__dict__, "weight": weights * conv.scale, "bias": bias})
+        z = np.clip(apply(fitted, inputs).numpy(), low, high)  # the coarse inputs, as the int8 layer gets them
+        y = target.transpose(0, 3, 1, 2)
+        return float(np.mean((np.where(z < 0, alpha * z, z) - np.where(y < 0, alpha * y, y)) ** 2))
+
+    aware = passed_on(*_round_layer(conv, inputs, target, low, high, np.random.default_rng(1), alpha))
+    plain = passed_on(*_round_layer(conv, inputs, target, low, high, np.random.default_rng(1)))
+    assert aware < plain

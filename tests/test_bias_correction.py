@@ -90,6 +90,22 @@ def test_bias_correction_only_moves_biases_and_shrinks_the_mean_error(tmp_path: 
     assert sum(error_after.values()) < 0.5 * sum(error_before.values())
 
 
+def test_output_bias_correction_moves_only_the_output_layers_bias(tmp_path: Path) -> None:
+    """With outputs_only, the one bias that changes is the output layer's, and the output's mean error shrinks."""
+    calibrated = _calibrated(tmp_path)
+    quantized = _requantize_clipped(calibrated, _samples, None, {})
+    corrected = bias_correct(quantized, calibrated, _samples, limit=SAMPLES, outputs_only=True)
+
+    before, after = (flatbuffer_utils.convert_bytearray_to_object(m) for m in (quantized, corrected))
+    graph, edited = before.subgraphs[0], after.subgraphs[0]
+    [output_op] = [op for op in graph.operators if int(op.outputs[0]) in graph.outputs]
+    changed = {i for i, (a, b) in enumerate(zip(graph.tensors, edited.tensors))
+               if buffer_bytes(before, a) != buffer_bytes(after, b)}
+    assert changed == {int(output_op.inputs[2])}
+    name = Interpreter(model_content=quantized).get_output_details()[0]["name"]
+    assert _layer_errors(corrected, calibrated)[name] < 0.5 * _layer_errors(quantized, calibrated)[name]
+
+
 def _output_range(quantized: bytes) -> tuple[float, float, float]:
     detail = Interpreter(model_content=quantized).get_output_details()[0]
     scale, zero = detail["quantization"]

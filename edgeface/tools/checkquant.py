@@ -108,10 +108,9 @@ class _RecordingAnalyzer(FaceAnalyzer):
         return model
 
 
-def _analyzers(profile: Profile, detector: str | None = None, size: int | None = None,
-               score_threshold: float | None = None) -> dict[str, FaceAnalyzer]:
-    return {p: FaceAnalyzer(profile, detector=detector, input_size=size, precision=p,
-                            score_threshold=score_threshold) for p in PRECISIONS}
+def _analyzers(profile: Profile) -> dict[str, FaceAnalyzer]:
+    """The profile's float and int8 pipelines, by precision."""
+    return {p: FaceAnalyzer(profile, precision=p) for p in PRECISIONS}
 
 
 def _stage_analyzers(profile: Profile, stages: list[tuple[str, int]],
