@@ -6,6 +6,7 @@ than one an element-wise op reads, and the whole model's error falls."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
@@ -201,7 +202,7 @@ def test_rounding_under_a_leaky_relu_weighs_negative_errors_by_its_slope() -> No
     low, high, alpha = float(target.min()), float(target.max()), 0.1
 
     def passed_on(weights: np.ndarray, bias: np.ndarray) -> float:
-        fitted = Convolution(**{**conv.layer.__dict__, "weight": weights * conv.scale, "bias": bias})
+        fitted = dataclasses.replace(conv.layer, weight=weights * conv.scale, bias=bias)
         z = np.clip(apply(fitted, inputs).numpy(), low, high)  # the coarse inputs, as the int8 layer gets them
         y = target.transpose(0, 3, 1, 2)
         return float(np.mean((np.where(z < 0, alpha * z, z) - np.where(y < 0, alpha * y, y)) ** 2))
