@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -26,6 +26,8 @@ ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 LEAKY_FRACTIONS = np.linspace(0.02, 1.0, 50)  # a LeakyReLU input's low ends tried, as fractions of its calibrated one
 LEAKY_KEPT = 2000  # values per sample and tensor the low end is chosen on (a seeded random subset)
 LEAKY_SEED = 20261202
+BiasCorrection = Literal["layers", "outputs"]
+"""Which biases absorb their layer's mean int8 error: every conv/depthwise/FC layer's, or the output layers' only."""
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -80,10 +82,9 @@ def run_onnx2tf(onnx_path: Path, work: Path, sample_images: np.ndarray) -> tuple
 
 
 def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
-                 clip_quantile: float | None = None, bias_correct: bool = False,
+                 clip_quantile: float | None = None, bias_correct: BiasCorrection | None = None,
                  output_floors: Mapping[tuple[int, ...], float] | None = None, leaky_ranges: bool = False,
-                 learned_rounding: bool = False, reader_aware_ranges: bool = False,
-                 output_bias_correct: bool = False) -> bytes:
+                 learned_rounding: bool = False, reader_aware_ranges: bool = False) -> bytes:
     """Full-integer int8 TFLite from a SavedModel, calibrated on `samples()` (real-valued NHWC batches of 1).
 
     By default each activation's int8 range is its min/max over the samples. With `clip_quantile` (e.g. 0.99999),
@@ -95,9 +96,9 @@ def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
     LeakyReLU passes on (`leaky_low_end`). With `reader_aware_ranges`, a tensor read only by convolutions, ADDs and MULs
     gets the range that minimises the error its readers pass on (convert.reader_ranges). With `learned_rounding`,
     every convolution's weights are then rounded, and its bias refitted, to bring its output closest to the
-    calibrated float model's (convert.adaround); with `bias_correct`, each conv/depthwise/FC layer's mean output
-    error against it is folded into its int32 bias (convert.bias_correction), with `output_bias_correct` only each
-    output layer's, measured where the float output lies inside the int8 output's range (above a floor, say).
+    calibrated float model's (convert.adaround); with `bias_correct` "layers", each conv/depthwise/FC layer's mean
+    output error against it is folded into its int32 bias (convert.bias_correction), with "outputs" only each output
+    layer's, measured where the float output lies inside the int8 output's range (above a floor, say).
     """
     import tensorflow as tf
 
@@ -107,8 +108,8 @@ def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
     converter.representative_dataset = lambda: ([sample.astype(np.float32)] for sample in samples())
-    two_step = (clip_quantile is not None or bias_correct or bool(output_floors) or leaky_ranges or learned_rounding
-                or reader_aware_ranges or output_bias_correct)
+    two_step = (clip_quantile is not None or bias_correct is not None or bool(output_floors) or leaky_ranges
+                or learned_rounding or reader_aware_ranges)
     converter._experimental_calibrate_only = two_step  # float model + recorded ranges, quantized by us
     try:
         converted = converter.convert()
@@ -118,8 +119,9 @@ def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
                                         reader_aware_ranges)
         if learned_rounding:
             quantized = adaround.adaround(quantized, converted, samples)
-        if bias_correct or output_bias_correct:
-            quantized = bias_correction.bias_correct(quantized, converted, samples, outputs_only=not bias_correct)
+        if bias_correct is not None:
+            quantized = bias_correction.bias_correct(quantized, converted, samples,
+                                                     outputs_only=bias_correct == "outputs")
         return quantized
     except ConvertError:
         raise
