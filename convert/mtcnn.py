@@ -31,10 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convert import ConvertError
+from convert import ConvertError, calibration, sources
+from convert.target import RAW_RGB, Target
 from convert.tflite import simplify
 
 MEAN, SCALE = 127.5, 0.0078125
+PNET_EXPORT = 160  # the P-Net graph's input side for calibration (the runtime resizes it per pyramid level)
+MTCNN_CALIBRATION = {"input_size": 640, "min_face": 20, "factor": 0.709}  # the pyramid P-Net is calibrated on
 NETS: dict[str, dict] = {
     "pnet": {"size": None, "outputs": ("face_logit", "box_reg")},  # fully convolutional, even sizes
     "rnet": {"size": 24, "outputs": ("face_logit", "box_reg")},
@@ -186,3 +189,25 @@ def export_onnx(net_name: str, state_dict_bytes: bytes, height: int, width: int)
     torch.onnx.export(module, (torch.zeros(1, 3, height, width),), buffer, dynamo=False, opset_version=13,
                       input_names=["image"], output_names=list(NETS[net_name]["outputs"]))
     return simplify(onnx.load_from_string(buffer.getvalue()), net_name).SerializeToString()
+
+
+def target(net: str) -> Target:
+    """P-, R- or O-Net (`net`): its graph and calibration (plain min/max int8)."""
+    size = NETS[net]["size"] or PNET_EXPORT
+    fill = [128, 128, 128]
+    if net == "pnet":
+        samples = lambda calib: calibration.pyramid_crops(calib, PNET_EXPORT, fill=tuple(fill), **MTCNN_CALIBRATION)
+    else:
+        samples = lambda calib: calibration.face_crops(calib, size)
+    return Target(
+        key=net, family=net, source=sources.FACENET_PYTORCH, member=f"facenet_pytorch/data/{net}.pt",
+        make_onnx=lambda data: onnx.load_from_string(export_onnx(net, data, size, size)),
+        samples=samples,
+        preprocessing={**RAW_RGB, "letterbox_fill": fill, "size_multiple": 2 if net == "pnet" else None,
+                       "resizable": net == "pnet",
+                       "folded": "(x - 127.5) / 128 is folded into conv1"},
+        meanings={"face_logit": "face logit (probability = sigmoid)",
+                  "box_reg": "box offsets (dx1, dy1, dx2, dy2) relative to width/height",
+                  "landmarks": "5 x then 5 y, relative to the box"},
+        decoder={"cell": 12, "stride": 2} if net == "pnet" else {},
+    )

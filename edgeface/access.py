@@ -85,7 +85,8 @@ def parse_schedule(spec: str) -> tuple[Window, ...]:
     for part in text.split(","):
         found = _WINDOW.match(part.strip())
         if found is None:
-            raise GalleryError(f"schedule {spec!r}: {part.strip()!r} is not 'DAYS HH:MM-HH:MM' (e.g. mon-fri 07:00-19:00)")
+            raise GalleryError(f"schedule {spec!r}: {part.strip()!r} is not 'DAYS HH:MM-HH:MM' "
+                               "(e.g. mon-fri 07:00-19:00)")
         start, end = _minutes(found["start"], spec), _minutes(found["end"], spec)
         if start == 24 * 60:
             raise GalleryError(f"schedule {spec!r}: a window cannot start at 24:00")

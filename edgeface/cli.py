@@ -347,17 +347,26 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         print(f"published version {version}: {people} people, {size} bytes, retained on "
               f"{fleet.gallery_topic(args.site)} at {broker.url()}")
         return 0
-    doors = fleet.status(broker, args.site, args.wait)
+    trusted = fleet.load_public_key(args.trust) if args.trust else None
+    doors = fleet.status(broker, args.site, args.wait, trusted)
     if args.json:
         print(json.dumps(doors, indent=1))
         return 0
-    print(f"site {args.site}: published version {doors.pop('', {}).get('version', 'none')}")
+    bundle = doors.pop("", {})
+    if "refused" in bundle:
+        print(f"site {args.site}: the published bundle does not verify, doors refuse it: {bundle['refused']}")
+    elif not bundle:
+        print(f"site {args.site}: published version none")
+    else:
+        checked = "signed by the trusted key" if bundle["verified"] else "signature not checked: pass --trust fleet.pub"
+        print(f"site {args.site}: published version {bundle['version']} ({checked})")
     for door, seen in sorted(doors.items()):
         report = seen.get("gallery", {})
         event = (seen.get("state") or {}).get("last_event") or {}
         last = " ".join(str(event[k]) for k in ("time", "decision", "identity") if event.get(k)) or "none"
+        why = f": {report['error']}" if report.get("error") else ""
         print(f"{door:16s} {seen.get('availability', '?'):8s} gallery {report.get('version') or 'none'} "
-              f"({report.get('status', '?')}{': ' + report['error'] if report.get('error') else ''})  last event {last}")
+              f"({report.get('status', '?')}{why})  last event {last}")
     return 0
 
 
@@ -535,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     doorlock.add_argument("--audit-log", type=Path, metavar="FILE", help="JSON lines, rotated (default: stdout)")
     doorlock.add_argument("--dry-run", action="store_true", help="report the relay instead of driving it")
     doorlock.add_argument("--follow", action="store_true", help="keep watching a --source folder for new images")
-    doorlock.add_argument("--fleet", metavar="mqtt://HOST[:PORT]", help="apply signed galleries and send events")
+    doorlock.add_argument("--fleet", metavar="mqtt[s]://HOST[:PORT]", help="apply signed galleries and send events")
     doorlock.add_argument("--site", default="home", help="fleet site (default: %(default)s)")
     doorlock.add_argument("--door", help="this door's name in the fleet")
     doorlock.add_argument("--trust", type=Path, metavar="PUBKEY", help="the fleet's public key (fleet.pub)")
@@ -552,8 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
     fleet_status.add_argument("--wait", type=float, default=1.5, metavar="S",
                               help="seconds to read the retained topics (default: %(default)s)")
     fleet_status.add_argument("--json", action="store_true")
+    fleet_status.add_argument("--trust", type=Path, metavar="PUB",
+                              help="fleet.pub: check the published bundle's signature, site and version")
     for command in (publish, fleet_status):
-        command.add_argument("--broker", required=True, metavar="mqtt://HOST[:PORT]")
+        command.add_argument("--broker", required=True, metavar="mqtt[s]://HOST[:PORT]")
         command.add_argument("--site", default="home", help="fleet site (default: %(default)s)")
     fleet.set_defaults(handler=cmd_fleet)
     watch = sub.add_parser("watch", help="the door's face tracks without a relay: appeared, identified, left")

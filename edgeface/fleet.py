@@ -28,6 +28,7 @@ import json
 import os
 import re
 import sqlite3
+import ssl
 import sys
 import threading
 import time
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 BUNDLE_FORMAT = "edgeface-gallery-bundle/1"
 DEFAULT_SITE = "home"
 DEFAULT_PORT = 1883
+DEFAULT_TLS_PORT = 8883
 QUEUE_LIMIT = 10_000
 """Events kept on disk while the broker is away; past it the oldest go first."""
 EVENT_TYPES = ("recognised", "unknown", "spoof", "refused", "error", "relay_error", "stopped", "bundle_applied",
@@ -81,29 +83,40 @@ def check_name(value: str, what: str) -> str:
 
 @dataclass(frozen=True)
 class Broker:
-    """An MQTT broker from `mqtt://[USER@]HOST[:PORT]`; the password, if any, from $EDGEFACE_MQTT_PASSWORD."""
+    """An MQTT broker from `mqtt://[USER@]HOST[:PORT]`, or `mqtts://` for TLS (the broker's certificate checked
+    against $EDGEFACE_MQTT_CA, a PEM file, or else the system's CAs, and its host name against the certificate);
+    the password, if any, from $EDGEFACE_MQTT_PASSWORD."""
 
     host: str
     port: int = DEFAULT_PORT
     username: str | None = None
+    tls: bool = False
 
     @classmethod
     def parse(cls, url: str) -> Broker:
-        found = re.match(r"^mqtt://(?:(?P<user>[^@/:]+)@)?(?P<host>[A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\])"
+        found = re.match(r"^(?P<scheme>mqtts?)://(?:(?P<user>[^@/:]+)@)?(?P<host>[A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\])"
                          r"(?::(?P<port>\d{1,5}))?/?$", url)
         if found is None or (found["port"] and not 0 < int(found["port"]) < 65536):
-            raise FleetError(f"--broker {url!r}: expected mqtt://HOST[:PORT] (mqtt://USER@HOST[:PORT] with "
-                             "$EDGEFACE_MQTT_PASSWORD)")
-        return cls(found["host"].strip("[]"), int(found["port"] or DEFAULT_PORT), found["user"])
+            raise FleetError(f"--broker {url!r}: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (with USER@ "
+                             "before HOST and $EDGEFACE_MQTT_PASSWORD to log in)")
+        tls = found["scheme"] == "mqtts"
+        port = int(found["port"] or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT))
+        return cls(found["host"].strip("[]"), port, found["user"], tls)
 
     def url(self) -> str:
-        return f"mqtt://{self.username + '@' if self.username else ''}{self.host}:{self.port}"
+        return f"mqtt{'s' if self.tls else ''}://{self.username + '@' if self.username else ''}{self.host}:{self.port}"
 
     def client(self, client_id: str) -> mqtt.Client:
-        """A paho client (callback API 2, MQTT 3.1.1) with this broker's credentials."""
+        """A paho client (callback API 2, MQTT 3.1.1) with this broker's credentials and TLS settings."""
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
         if self.username:
             client.username_pw_set(self.username, os.environ.get("EDGEFACE_MQTT_PASSWORD"))
+        if self.tls:
+            ca = os.environ.get("EDGEFACE_MQTT_CA") or None
+            try:
+                client.tls_set(ca_certs=ca)  # certificate and host name both required to match
+            except (OSError, ValueError) as error:
+                raise FleetError(f"$EDGEFACE_MQTT_CA {ca}: not a readable PEM CA certificate ({error})") from None
         return client
 
 
@@ -264,6 +277,9 @@ def _connect(broker: Broker, client: mqtt.Client, timeout: float) -> None:
     client.on_connect = on_connect
     try:
         client.connect(broker.host, broker.port, keepalive=30)
+    except ssl.SSLError as error:  # an OSError too: say it is the certificate, not the network
+        raise FleetError(f"{broker.url()}: TLS handshake failed ({error.reason or error}); is $EDGEFACE_MQTT_CA the "
+                         "CA that signed the broker's certificate?") from None
     except (OSError, ValueError) as error:
         raise FleetError(f"{broker.url()}: cannot reach the broker ({error})") from None
     client.loop_start()
@@ -299,9 +315,31 @@ def publish(gallery: Path, key_path: Path, broker: Broker, site: str = DEFAULT_S
     return version, len(people), len(payload)
 
 
-def status(broker: Broker, site: str = DEFAULT_SITE, wait: float = 1.5) -> dict[str, dict[str, Any]]:
+def published(payload: bytes, site: str, trusted: Ed25519PublicKey | None) -> dict[str, Any]:
+    """What a retained gallery payload claims: {"version", "verified"} (verified: signed by `trusted`, for `site`,
+    with an integer version), or {"refused": why} when it is not; without `trusted`, the version it claims,
+    unverified. (Each door also checks the embedding model and that the version is newer than its own.)"""
+    if trusted is None:
+        try:
+            return {"version": json.loads(json.loads(payload)["bundle"])["version"], "verified": False}
+        except (ValueError, KeyError, TypeError):
+            return {"refused": "not a signed edgeface bundle (malformed envelope)"}
+    try:
+        bundle, _ = open_bundle(payload, trusted)
+    except BundleError as error:
+        return {"refused": str(error)}
+    version = bundle.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        return {"refused": f"version {version!r} is not an integer"}
+    if bundle.get("site") != site:
+        return {"refused": f"bundle for site {bundle.get('site')!r}, not {site!r}"}
+    return {"version": version, "verified": True}
+
+
+def status(broker: Broker, site: str = DEFAULT_SITE, wait: float = 1.5,
+           trusted: Ed25519PublicKey | None = None) -> dict[str, dict[str, Any]]:
     """Every door's retained availability, gallery report and state, read for `wait` seconds; the key '' holds
-    the published bundle's version."""
+    what the published bundle claims (`published`, checked against `trusted` when given)."""
     check_name(site, "site")
     doors: dict[str, dict[str, Any]] = {}
     lock = threading.Lock()
@@ -311,7 +349,7 @@ def status(broker: Broker, site: str = DEFAULT_SITE, wait: float = 1.5) -> dict[
         with lock:
             try:
                 if len(parts) == 3:
-                    doors.setdefault("", {})["version"] = json.loads(json.loads(message.payload)["bundle"])["version"]
+                    doors[""] = published(message.payload, site, trusted)
                 elif parts[3] == "availability":
                     doors.setdefault(parts[2], {})["availability"] = message.payload.decode(errors="replace")
                 else:

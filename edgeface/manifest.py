@@ -140,7 +140,8 @@ def load_manifest(root: Path | None = None) -> Manifest:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ModelError(f"{path}: no model manifest; set EDGEFACE_MODELS to the models folder or {REINSTALL}") from None
+        message = f"{path}: no model manifest; set EDGEFACE_MODELS to the models folder or {REINSTALL}"
+        raise ModelError(message) from None
     except (OSError, ValueError) as error:
         raise ModelError(f"{path}: unreadable manifest ({error}); {REINSTALL}") from None
     version = data.get("manifest_version") if isinstance(data, dict) else None

@@ -91,10 +91,10 @@ def test_bias_correction_only_moves_biases_and_shrinks_the_mean_error(tmp_path: 
 
 
 def test_output_bias_correction_moves_only_the_output_layers_bias(tmp_path: Path) -> None:
-    """With outputs_only, the one bias that changes is the output layer's, and the output's mean error shrinks."""
+    """With which="outputs", the one bias that changes is the output layer's, and the output's mean error shrinks."""
     calibrated = _calibrated(tmp_path)
     quantized = _requantize_clipped(calibrated, _samples, None, {})
-    corrected = bias_correct(quantized, calibrated, _samples, limit=SAMPLES, outputs_only=True)
+    corrected = bias_correct(quantized, calibrated, _samples, "outputs", limit=SAMPLES)
 
     before, after = (flatbuffer_utils.convert_bytearray_to_object(m) for m in (quantized, corrected))
     graph, edited = before.subgraphs[0], after.subgraphs[0]

@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 from conftest import subset
 
-from edgeface.analyzer import Face
+from edgeface.analyzer import Face, FaceAnalyzer
 from edgeface.cli import main
 from edgeface.errors import EdgefaceError
+from edgeface.images import letterbox, load_image
 from edgeface.manifest import Manifest
 from edgeface.tools.checkquant import (
     OutputErrors,
+    OutputSwaps,
     largest,
     nearest_centre,
     snr_db,
@@ -173,9 +175,14 @@ def test_check_quant_quick(manifest: Manifest, data: Path, tmp_path: Path,
     assert {row["model"] for row in report["detection"]} == {"retinaface-320", "retinaface-640", "mtcnn-640"}
     for row in report["detection"]:
         assert set(row["ap"]["int8"]) == set(SETTINGS) and 0.85 <= row["ap"]["float"]["easy"] <= 1  # quick: 0.97-1.0
+        for part in (row, *row["events"].values()):  # every drop with its bootstrap interval
+            assert set(part["drop_interval"]) == set(SETTINGS)
+            assert all(-1 < low <= high < 1 for low, high in part["drop_interval"].values())
         errors = row["output_rms_error"]
         if row["detector"] == "retinaface":  # 'all' and each event; measured 0.1-0.4 on the full set
             assert set(errors) == {"all", *row["events"]}
+            assert set(row["drop_with_float"]) == {"conf", "loc", "landmarks", "s8", "s16", "s32"}
+            assert all(-1 < drop < 1 for drops in row["drop_with_float"].values() for drop in drops.values())
             assert all(set(kinds) == {"conf", "loc", "landmarks"} and all(0 < v < 1 for v in kinds.values())
                        for kinds in errors.values())
         else:  # MTCNN's stages see different proposals at each precision: nothing to compare value by value
@@ -197,6 +204,8 @@ def test_check_quant_quick(manifest: Manifest, data: Path, tmp_path: Path,
     text = (out / "report.md").read_text()
     assert "## Gates" in text and "10 interleaved sub-folds" in text and "![ROC](lfw_roc.png)" in text
     assert "| retinaface-640 | all |" in text  # the output error table
+    assert "| retinaface-320 | 0--Parade | " in text and "] |" in text  # drops with intervals
+    assert "| retinaface-640 | s8 |" in text  # the drop left with float stride-8 outputs
 
 
 def test_pairing_takes_the_best_overlaps_first_and_no_face_twice() -> None:
@@ -244,3 +253,22 @@ def test_check_quant_on_unlabelled_photos_with_a_gallery(data: Path, manifest: M
     assert report["gallery"]["named_by_int8"] >= 1  # the enrolled faces themselves
     assert (tmp_path / "out" / "cosine_hist.png").is_file() and "Against the gallery" in (
         tmp_path / "out" / "report.md").read_text()
+
+
+def test_output_swaps_take_each_group_from_float(manifest: Manifest, data: Path) -> None:
+    """With every face logit pushed down, the faces come back only where the face logits are taken from float."""
+    analyzer = FaceAnalyzer("x86", input_size=640, precision="float", score_threshold=0.02)
+    pixels = load_image(subset(data / "wider_val_dev" / "images", 1)[0])
+    detector, settings = analyzer.detector, analyzer.profile.detector
+    boxed, mapping = letterbox(pixels, detector.width, detector.height, detector.fill)
+    reference = detector.model.run(boxed[None])
+    test = {role: value - 20.0 if role.startswith("conf") else value for role, value in reference.items()}
+    swaps = OutputSwaps()
+    swaps.add("retinaface-640", "photo", analyzer, pixels, reference, test)
+    faces = detector.postprocess(reference, mapping, 0.02, settings.nms_iou, settings.max_faces)
+    assert len(faces.scores) > 0
+    np.testing.assert_allclose(swaps.found["retinaface-640", "conf"]["photo"],
+                               np.column_stack([faces.boxes, faces.scores]))
+    assert all(len(swaps.found["retinaface-640", group]["photo"]) == 0 for group in ("loc", "landmarks"))
+    strides = [len(swaps.found["retinaface-640", f"s{step}"]["photo"]) for step in (8, 16, 32)]
+    assert any(strides) and all(count <= len(faces.scores) for count in strides)  # each stride gives back its own

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -121,3 +122,36 @@ def test_a_runtime_change_that_moves_the_tensors_rebuilds_what_they_feed(manifes
     assert "mobilefacenet: would rebuild" in done.stderr
     assert {"retinaface-640: up to date", "pnet: up to date", "antispoofing: up to date"} <= set(
         line.split("] ", 1)[-1] for line in done.stderr.splitlines())
+
+
+def test_a_graph_module_change_rebuilds_only_the_families_that_use_it(manifest: Manifest, data: Path,
+                                                                      tmp_path: Path) -> None:
+    """convert/mobilefacenet.py makes MobileFaceNet's graph and lends its builder to the anti-spoofing net's:
+    an edit there rebuilds those two and no detector."""
+    tree = _tree_with(tmp_path, "convert/mobilefacenet.py", "CLIP_QUANTILE = ", "CLIP_QUANTILE = 0.0 + ")
+    done = _check(tree, data)
+    assert done.returncode == 1, done.stderr[-2000:]
+    lines = set(line.split("] ", 1)[-1] for line in done.stderr.splitlines())
+    assert {"mobilefacenet: would rebuild", "antispoofing: would rebuild"} <= lines
+    assert {"retinaface-320: up to date", "retinaface-640: up to date", "pnet: up to date", "rnet: up to date",
+            "onet: up to date"} <= lines
+
+
+def test_a_retinaface_change_may_move_the_faces_the_face_fed_models_are_calibrated_on(manifest: Manifest,
+                                                                                     data: Path,
+                                                                                     tmp_path: Path) -> None:
+    """`--check` cannot tell whether the float RetinaFace-640's faces will move before it is rebuilt: the models
+    calibrated on them say they may rebuild (a build rebuilds them only if they do); P-Net is untouched."""
+    tree = _tree_with(tmp_path, "convert/retinaface.py", "SCORE_FLOOR = ", "SCORE_FLOOR = 0.0 + ")
+    done = _check(tree, data)
+    assert done.returncode == 1, done.stderr[-2000:]
+    lines = [line.split("] ", 1)[-1] for line in done.stderr.splitlines()]
+    assert {"retinaface-320: would rebuild", "retinaface-640: would rebuild", "pnet: up to date"} <= set(lines)
+    assert sum(line.startswith(tuple(f"{key}: may rebuild" for key in build.FACE_FED)) for line in lines) == 4
+
+
+def test_the_code_key_ignores_docstrings_and_comments() -> None:
+    plain = 'def f(x):\n    return x + 1\n'
+    reworded = '"""Module."""\n# a comment\ndef f(x):\n    """Add one."""\n    return x + 1  # why\n'
+    assert build._code(ast.parse(plain)) == build._code(ast.parse(reworded))
+    assert build._code(ast.parse(plain)) != build._code(ast.parse(plain.replace("1", "2")))

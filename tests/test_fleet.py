@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives import serialization
 from PIL import Image
 
 from edgeface.access import AccessRules
@@ -288,6 +289,100 @@ def test_home_assistant_discovery_lock_state_and_status(tmp_path: Path, broker: 
     watcher.close()
 
 
+def test_status_checks_the_published_bundle_as_the_doors_do(tmp_path: Path, broker: LocalBroker, keys: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A forged retained bundle must not show as the site's version to whoever holds fleet.pub."""
+    version = publish(broker, keys, office(tmp_path / "office.db", {"alice": 1}))
+    status = ["fleet", "status", "--broker", broker.url, "--wait", "1"]
+    assert main([*status, "--trust", str(keys / "fleet.pub")]) == 0
+    assert f"published version {version} (signed by the trusted key)" in capsys.readouterr().out
+    fleet.keygen(tmp_path / "intruder")
+    forged = fleet.sign_bundle(fleet.make_bundle([Person("mallory", unit(9))], SHA, DIM, SITE, version + 1),
+                               fleet.load_private_key(tmp_path / "intruder" / "fleet.key"))
+    publisher = Watcher(broker.url, [])
+    publisher.client.publish(fleet.gallery_topic(SITE), forged, qos=1, retain=True).wait_for_publish(10)
+    publisher.close()
+    assert main([*status, "--trust", str(keys / "fleet.pub")]) == 0
+    out = capsys.readouterr().out
+    assert "the published bundle does not verify, doors refuse it: bad signature" in out and "version" not in out
+    assert main(status) == 0
+    assert f"published version {version + 1} (signature not checked" in capsys.readouterr().out
+    foreign = fleet.sign_bundle(fleet.make_bundle([Person("alice", unit(1))], SHA, DIM, "office", version + 2),
+                                fleet.load_private_key(keys / "fleet.key"))  # signed, but for another site
+    publisher = Watcher(broker.url, [])
+    publisher.client.publish(fleet.gallery_topic(SITE), foreign, qos=1, retain=True).wait_for_publish(10)
+    publisher.close()
+    assert main([*status, "--trust", str(keys / "fleet.pub")]) == 0
+    assert "does not verify, doors refuse it: bundle for site 'office', not 'home'" in capsys.readouterr().out
+
+
+def _certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A fresh CA, and a certificate for 127.0.0.1 it signed: (CA, certificate, key) PEM files."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir()
+    now = datetime.now(tz=datetime.now().astimezone().tzinfo)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"edgeface test CA {folder.name}")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
+          .not_valid_after(now + timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    server = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+              .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
+              .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                             critical=False).sign(ca_key, hashes.SHA256()))
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+def test_over_tls_a_door_applies_the_bundle_and_a_broker_of_another_ca_is_refused(
+        tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """mqtts:// with $EDGEFACE_MQTT_CA: publish, a door's apply and status all cross TLS; a broker whose certificate
+    another CA signed (a man in the middle) is refused in one line, before any bundle or event crosses."""
+    binary = mosquitto_binary()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("mosquitto is missing under CI (.ci/run installs it)")
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    ca, certificate, key = _certificates(tmp_path / "tls")
+    (tmp_path / "broker").mkdir()
+    broker = LocalBroker(tmp_path / "broker", binary, tls=(certificate, key))
+    broker.start()
+    try:
+        assert broker.url.startswith("mqtts://")
+        monkeypatch.setenv("EDGEFACE_MQTT_CA", str(ca))
+        door = Door(tmp_path, broker.url, "tls", keys / "fleet.pub")
+        watcher = Watcher(broker.url, [door.topic("gallery")])
+        version = publish(broker, keys, office(tmp_path / "office.db", {"alice": 1}))
+        wait_report(watcher, door, version=version, status="applied")
+        assert door.gallery.people() == [("alice", 1)]
+        status = ["fleet", "status", "--broker", broker.url, "--wait", "1", "--trust", str(keys / "fleet.pub")]
+        assert main(status) == 0
+        assert f"published version {version} (signed by the trusted key)" in capsys.readouterr().out
+        watcher.close()
+        door.close()
+        monkeypatch.setenv("EDGEFACE_MQTT_CA", str(_certificates(tmp_path / "other")[0]))
+        assert main(status) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "TLS handshake failed" in err[0] and "CERTIFICATE_VERIFY_FAILED" in err[0], err
+        monkeypatch.setenv("EDGEFACE_MQTT_CA", str(tmp_path / "absent.pem"))
+        assert main(status) == 2
+        assert "absent.pem: not a readable PEM CA certificate" in capsys.readouterr().err
+    finally:
+        broker.stop()
+
+
 def test_a_stopped_door_says_offline(tmp_path: Path, broker: LocalBroker, keys: Path) -> None:
     door = Door(tmp_path, broker.url, "side", keys / "fleet.pub")
     watcher = Watcher(broker.url, [door.topic("availability")])
@@ -409,7 +504,8 @@ class DoorProcess:
             found = [d for d in self.decisions() if d["decision"] == decision]
             if len(found) >= count:
                 return found
-            assert self.process.poll() is None, f"{self.name} exited: {(self.log.parent / f'{self.name}.err').read_text()}"
+            errors = self.log.parent / f"{self.name}.err"
+            assert self.process.poll() is None, f"{self.name} exited: {errors.read_text()}"
             time.sleep(0.1)
         raise TimeoutError(f"{self.name}: no {count} x {decision} within {timeout} s: {self.decisions()}")
 

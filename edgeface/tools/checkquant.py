@@ -25,7 +25,7 @@ from edgeface.analyzer import Face, FaceAnalyzer
 from edgeface.detection import logit_of
 from edgeface.errors import EdgefaceError, GalleryError
 from edgeface.gallery import Gallery
-from edgeface.images import list_images, load_image
+from edgeface.images import letterbox, list_images, load_image
 from edgeface.interpreter import TFLiteModel
 from edgeface.latency import machine
 from edgeface.manifest import ModelSpec, model_key
@@ -37,7 +37,7 @@ from edgeface.tools.evaluation.identification import OpenSetResult, open_set, sp
 from edgeface.tools.evaluation.landmarks import face_nme, read_imglab
 from edgeface.tools.evaluation.results import Results
 from edgeface.tools.evaluation.verification import protocol_accuracy, protocol_folds, read_pairs, roc, tar_at_far
-from edgeface.tools.evaluation.widerface import SETTINGS, evaluate, image_key, load_ground_truth
+from edgeface.tools.evaluation.widerface import SETTINGS, drop_interval, evaluate, image_key, load_ground_truth
 
 PRECISIONS = ("float", "int8")
 FOLDERS = ("wider_val_dev", "dlib_landmarks", "lfw_fold1", "celeba_dev")
@@ -127,22 +127,49 @@ Found = dict[tuple[str, str], dict[str, list[Face]]]
 
 
 def _detect_all(photos: dict[str, Path], analyzers: dict[tuple[str, str], _RecordingAnalyzer],
-                errors: OutputErrors | None = None) -> Found:
-    """The faces each analyzer finds in each photo, every photo decoded once; with `errors`, each RetinaFace
-    stage's int8 outputs against float's on the photo (both saw the same letterboxed input), by photo name."""
+                errors: OutputErrors | None = None, swaps: OutputSwaps | None = None) -> Found:
+    """The faces each analyzer finds in each photo, every photo decoded once; with `errors` and `swaps`, each
+    RetinaFace stage's int8 outputs against float's on the photo (both saw the same letterboxed input), by photo
+    name."""
     found: Found = {key: {} for key in analyzers}
     for name, path in photos.items():
         pixels = load_image(path)
         for key, analyzer in analyzers.items():
             found[key][name] = analyzer.detect(pixels)
         for stage, precision in analyzers:
-            if errors is not None and precision == "int8" and stage.startswith("retinaface"):
+            if (errors is not None or swaps is not None) and precision == "int8" and stage.startswith("retinaface"):
                 pair = [analyzers[stage, p].recorded[stage] for p in PRECISIONS]
                 if all(model.last for model in pair):  # both ran on this photo
-                    errors.add(stage, name, pair[0].last, pair[1].last)
+                    if errors is not None:
+                        errors.add(stage, name, pair[0].last, pair[1].last)
+                    if swaps is not None:
+                        swaps.add(stage, name, analyzers[stage, precision], pixels, pair[0].last, pair[1].last)
                 for model in pair:
                     model.last = {}
     return found
+
+
+class OutputSwaps:
+    """Which RetinaFace outputs carry the int8 loss: each stage's int8 detections with one group of its outputs
+    (one kind: 'conf', 'loc', 'landmarks'; or one stride: 's8', 's16', 's32') taken from the float model instead.
+    The AP those lose against float is what is left of the int8 loss without that group's error."""
+
+    GROUPS = ("conf", "loc", "landmarks", "s8", "s16", "s32")
+
+    def __init__(self) -> None:
+        self.found: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+
+    def add(self, stage: str, name: str, analyzer: FaceAnalyzer, pixels: np.ndarray,
+            reference: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> None:
+        """One photo's raw outputs, float (`reference`) and int8 (`test`), decoded by the int8 analyzer's
+        detector with each group swapped in turn; rows [x1, y1, x2, y2, score] by (stage, group), then photo."""
+        detector, settings = analyzer.detector, analyzer.profile.detector
+        _, mapping = letterbox(pixels, detector.width, detector.height, detector.fill)
+        for group in self.GROUPS:
+            mixed = {role: reference[role] if group in role.split("_") else value for role, value in test.items()}
+            faces = detector.postprocess(mixed, mapping, analyzer.score_threshold, settings.nms_iou,
+                                         settings.max_faces)
+            self.found.setdefault((stage, group), {})[name] = np.column_stack([faces.boxes, faces.scores])
 
 
 class OutputErrors:
@@ -199,29 +226,37 @@ def wider_predictions(found: dict[str, list[Face]]) -> dict[str, np.ndarray]:
 
 def detection(data: Path, profile: Profile, subsets: Subsets, results: Results) -> list[dict[str, Any]]:
     """WIDER FACE val AP per setting, float vs int8, for each detector stage, over all images and per event (the
-    int8 choices must hold on an event they were not tuned on)."""
+    int8 choices must hold on an event they were not tuned on), each drop with its 90 % paired-bootstrap interval
+    over the images (`drop_interval`); for RetinaFace, the drop left with each group of outputs taken from float
+    (`OutputSwaps`)."""
     root = data / "wider_val_dev"
     truth = load_ground_truth(root / "ground_truth")
     photos = {image_key(path.relative_to(root / "images").as_posix()): path
               for path in list_images(root / "images")[::subsets.wider_step]}
     stages = detector_stages(profile)
-    errors = OutputErrors(wider_event)
-    found = _detect_all(photos, _stage_analyzers(profile, stages, AP_SCORE_THRESHOLD), errors)
+    errors, swaps = OutputErrors(wider_event), OutputSwaps()
+    found = _detect_all(photos, _stage_analyzers(profile, stages, AP_SCORE_THRESHOLD), errors, swaps)
     rows = []
     for detector, size in stages:
         stage, ap, events = model_key(detector, size), {}, {}
+        predictions = {p: wider_predictions(found[stage, p]) for p in PRECISIONS}
         for p in PRECISIONS:
-            predictions = wider_predictions(found[stage, p])
-            results.pr[f"{stage} {p}"] = curves = evaluate(predictions, truth)
+            results.pr[f"{stage} {p}"] = curves = evaluate(predictions[p], truth)
             ap[p] = {setting: curves[setting].ap for setting in SETTINGS}
-            for event in sorted({wider_event(key) for key in predictions}):
-                part = evaluate({k: v for k, v in predictions.items() if k.startswith(f"{event}/")}, truth)
-                events.setdefault(event, {})[p] = {setting: part[setting].ap for setting in SETTINGS}
-        for event, by_precision in events.items():
+        for event in sorted({wider_event(key) for key in predictions["float"]}):
+            part = {p: {k: v for k, v in predictions[p].items() if k.startswith(f"{event}/")} for p in PRECISIONS}
+            by_precision = events[event] = {p: {s: r.ap for s, r in evaluate(part[p], truth).items()}
+                                            for p in PRECISIONS}
             by_precision["drop"] = {s: by_precision["float"][s] - by_precision["int8"][s] for s in SETTINGS}
+            by_precision["drop_interval"] = drop_interval(part["float"], part["int8"], truth)
+        swapped = {group: evaluate(swaps.found[stage, group], truth) for group in OutputSwaps.GROUPS
+                   if (stage, group) in swaps.found}
         rows.append({"model": stage, "detector": detector, "input_size": size, "images": len(photos), "ap": ap,
-                     "drop": {s: ap["float"][s] - ap["int8"][s] for s in SETTINGS}, "events": events,
-                     "output_rms_error": errors.rms(stage)})
+                     "drop": {s: ap["float"][s] - ap["int8"][s] for s in SETTINGS},
+                     "drop_interval": drop_interval(predictions["float"], predictions["int8"], truth),
+                     "events": events, "output_rms_error": errors.rms(stage),
+                     "drop_with_float": {group: {s: ap["float"][s] - result[s].ap for s in SETTINGS}
+                                         for group, result in swapped.items()}})
     return rows
 
 

@@ -4,9 +4,9 @@
 each precision's pipeline, splits the identities in two halves (even / odd ids), fits a normal to the upper tail of
 one half's impostor scores (a photo of one person against another person's 3 enrolment photos, best of 3: each
 photo's own offset, then a normal matched at the residuals' 99th and 99.99th percentiles), and on the other half
-measures how often strangers pass the threshold
-`accept_threshold(N)` for N people enrolled, against the target, and how often enrolled people pass; then the
-other way round. It prints both directions and the model fitted on all identities (the one to ship).
+measures how often strangers pass the threshold `accept_threshold(N)` for N people enrolled, against the target,
+and how often enrolled people pass; then the other way round. It prints both directions and the model fitted on
+all identities (the one to ship, as edgeface.evidence.IMPOSTORS holds it).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             for row in check(vectors, labels, judged, model, args.floor):
                 print(f"  {row['enrolled']:8d}  {row['target']:6.3f}  {row['threshold']:9.3f}  "
                       f"{row['strangers_passed']:16.4f}  {row['enrolled_passed']:15.3f}")
-        print(f"{precision}: ship {fit(vectors, labels, ids, 'celeba_dev, all identities')}")
+        print(f"{precision}: ship {fit(vectors, labels, ids, f'celeba_dev, all {len(ids)} identities')}")
     return 0
 
 

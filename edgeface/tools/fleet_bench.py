@@ -8,6 +8,7 @@ Doors are in-process `DoorLink`s, each with its own SQLite gallery; embeddings a
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import shutil
@@ -34,22 +35,24 @@ def mosquitto_binary() -> str | None:
 
 class LocalBroker:
     """A mosquitto of our own on 127.0.0.1 (config, persistence and log under `folder`), stoppable and restartable
-    on the same port."""
+    on the same port; with `tls` (certificate and key PEM files), it speaks only TLS."""
 
-    def __init__(self, folder: Path, binary: str) -> None:
-        self.folder, self.binary = folder, binary
+    def __init__(self, folder: Path, binary: str, tls: tuple[Path, Path] | None = None) -> None:
+        self.folder, self.binary, self.tls = folder, binary, tls is not None
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.config = folder / "mosquitto.conf"
         self.config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
                                f"persistence_location {folder}/\nautosave_interval 1\n"
-                               f"log_dest file {folder}/mosquitto.log\n")
+                               f"log_dest file {folder}/mosquitto.log\n"
+                               f"user {getpass.getuser()}\n"  # not mosquitto's own user: it could not read these files
+                               + (f"certfile {tls[0]}\nkeyfile {tls[1]}\n" if tls else ""))
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"mqtt{'s' if self.tls else ''}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
         self.process = subprocess.Popen([self.binary, "-c", str(self.config)], stdout=subprocess.DEVNULL,

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from convert import build
+from convert.target import Target
 from edgeface.analyzer import FaceAnalyzer
 from edgeface.images import list_images
 from edgeface.manifest import edgeface_home, models_dir
@@ -29,7 +30,7 @@ from edgeface.tools.evaluation.widerface import SETTINGS, evaluate, image_key, l
 EVENTS = ("0--Parade", "13--Interview")
 
 
-def candidates(target: build.Target) -> dict[str, build.Target]:
+def candidates(target: Target) -> dict[str, Target]:
     """The settings compared, by name."""
     return {"LeakyReLU ranges + learned rounding (shipped)": target,
             "learned rounding only": dataclasses.replace(target, leaky_ranges=False),

@@ -32,6 +32,13 @@ def gates_table(report: dict[str, Any]) -> str:
                    for g in report["gates"]])
 
 
+def _drop(part: dict[str, Any], setting: str) -> str:
+    """'0.0123 [-0.0040, 0.0290]': an AP drop and, where measured, its interval."""
+    interval = part.get("drop_interval", {}).get(setting)
+    bounds = f" [{_number(interval[0], 4)}, {_number(interval[1], 4)}]" if interval else ""
+    return f"{_number(part['drop'][setting], 4)}{bounds}"
+
+
 def _shift(before: float, after: float, digits: int = 3) -> str:
     return f"{_number(before, digits)} → {_number(after, digits)} ({after - before:+.{digits}f})"
 
@@ -51,16 +58,23 @@ def markdown(report: dict[str, Any], images: dict[str, str]) -> str:
         f"## Detection: WIDER FACE val AP, float → int8 ({report['detection'][0]['images']} images, score ≥ 0.02)",
         _table(["model", *SETTINGS], [[row["model"], *(_shift(row["ap"]["float"][s], row["ap"]["int8"][s])
                                                       for s in SETTINGS)] for row in report["detection"]]),
-        "Per event (each int8 choice must hold on the event it was not chosen on): AP drop float → int8",
-        _table(["model", "event", *SETTINGS], [[row["model"], event, *(_number(drops["drop"][s], 4) for s in SETTINGS)]
-                                               for row in report["detection"]
-                                               for event, drops in row.get("events", {}).items()]),
+        "AP drop float → int8, all images and per event (each int8 choice must hold on the event it was not chosen "
+        "on), with its 90 % interval over the images resampled (paired bootstrap: how far the same models' drop "
+        "moves on other photos like these)",
+        _table(["model", "event", *SETTINGS], [[row["model"], event, *(_drop(part, s) for s in SETTINGS)]
+                                                for row in report["detection"]
+                                                for event, part in [("all", row), *row.get("events", {}).items()]]),
         "Int8 output error, the same letterboxed photos through both: RMS of int8 − float per output kind (face "
         "logit, box and landmark offsets) on the priors either precision scores at least the AP threshold; steadier "
         "than AP on a few hundred photos",
         _table(["model", "event", *OUTPUT_KINDS],
                [[row["model"], group, *(_number(kinds.get(kind, float("nan")), 4) for kind in OUTPUT_KINDS)]
                 for row in report["detection"] for group, kinds in row.get("output_rms_error", {}).items()]),
+        "Where the loss is: AP drop float → int8, all images, with one group of int8 outputs replaced by float's "
+        "(a kind at every stride, or every kind at one stride); what is left without that group's int8 error",
+        _table(["model", "float outputs", *SETTINGS],
+               [[row["model"], group, *(_number(drops[s], 4) for s in SETTINGS)]
+                for row in report["detection"] for group, drops in row.get("drop_with_float", {}).items()]),
         " ".join(f"![{s}]({images[f'pr_{s}']})" for s in SETTINGS),
         "## Landmarks: NME over the inter-ocular distance, dlib 68-point faces (5 points derived), float → int8",
         _table(["model", "faces", "found float / int8", "mean NME (faces both find)", "median NME"],

@@ -152,26 +152,66 @@ def _normalise(predictions: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def evaluate(predictions: dict[str, np.ndarray], gt: GroundTruth, iou_threshold: float = 0.5,
-             settings: tuple[str, ...] = SETTINGS) -> dict[str, SubsetResult]:
-    """AP and PR curve per setting over the images present in predictions ([x1, y1, x2, y2, score] rows)."""
+def _curves(preds: dict[str, np.ndarray], gt: GroundTruth, setting: str,
+            iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per image of `preds` (normalised): (proposals, recalled faces) per threshold (images x THRESH_NUM x 2),
+    and its kept faces."""
+    thresholds = 1 - (np.arange(THRESH_NUM) + 1) / THRESH_NUM
+    curves, faces = np.zeros((len(preds), THRESH_NUM, 2)), np.zeros(len(preds))
+    for i, (key, pred) in enumerate(preds.items()):
+        image = gt.images[key]
+        faces[i] = len(image.keep[setting])
+        if len(image.boxes) and len(pred):
+            curves[i] = _image_pr(pred, image.boxes, image.keep[setting], thresholds, iou_threshold)
+    return curves, faces
+
+
+def _result(curve: np.ndarray, faces: float) -> SubsetResult:
+    """AP and PR curve from summed (proposals, recalled) counts per threshold and the faces that count."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = curve[:, 1] / curve[:, 0]
+        recall = curve[:, 1] / faces
+    return SubsetResult(voc_ap(recall, precision), precision, recall)
+
+
+def _checked(predictions: dict[str, np.ndarray], gt: GroundTruth) -> dict[str, np.ndarray]:
+    """`_normalise`d predictions, every image known to the ground truth (a KeyError names those that are not)."""
     preds = _normalise(predictions)
     missing = [k for k in preds if k not in gt.images]
     if missing:
         raise KeyError(f"predictions for images not in the ground truth: {missing[:3]}")
-    thresholds = 1 - (np.arange(THRESH_NUM) + 1) / THRESH_NUM
+    return preds
+
+
+def evaluate(predictions: dict[str, np.ndarray], gt: GroundTruth, iou_threshold: float = 0.5,
+             settings: tuple[str, ...] = SETTINGS) -> dict[str, SubsetResult]:
+    """AP and PR curve per setting over the images present in predictions ([x1, y1, x2, y2, score] rows)."""
+    preds = _checked(predictions, gt)
     results: dict[str, SubsetResult] = {}
     for setting in settings:
-        curve = np.zeros((THRESH_NUM, 2))
-        faces = 0
-        for key, pred in preds.items():
-            image = gt.images[key]
-            keep = image.keep[setting]
-            faces += len(keep)
-            if len(image.boxes) and len(pred):
-                curve += _image_pr(pred, image.boxes, keep, thresholds, iou_threshold)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            precision = curve[:, 1] / curve[:, 0]
-            recall = curve[:, 1] / faces
-        results[setting] = SubsetResult(voc_ap(recall, precision), precision, recall)
+        curves, faces = _curves(preds, gt, setting, iou_threshold)
+        results[setting] = _result(curves.sum(axis=0), faces.sum())
     return results
+
+
+def drop_interval(reference: dict[str, np.ndarray], test: dict[str, np.ndarray], gt: GroundTruth,
+                  resamples: int = 1000, level: float = 0.9, seed: int = 0,
+                  iou_threshold: float = 0.5) -> dict[str, tuple[float, float]]:
+    """Per setting, the `level` interval of AP(reference) - AP(test) over images resampled with replacement
+    (a paired bootstrap: both detectors' predictions for the same draw of images). How far the loss measured on
+    these images can move on others like them. Both must cover the same images."""
+    if set(reference) != set(test):
+        raise ValueError("the two sets of predictions cover different images")
+    keys = sorted(reference)
+    pair = [_checked({key: side[key] for key in keys}, gt) for side in (reference, test)]
+    draws = np.random.default_rng(seed).multinomial(len(keys), np.full(len(keys), 1 / len(keys)), size=resamples)
+    intervals = {}
+    for setting in SETTINGS:
+        (first, faces), (second, _) = (_curves(preds, gt, setting, iou_threshold) for preds in pair)
+        sums = [np.tensordot(draws, curves, axes=1) for curves in (first, second)]
+        face_sums = draws @ faces
+        drops = [_result(sums[0][r], face_sums[r]).ap - _result(sums[1][r], face_sums[r]).ap
+                 for r in range(resamples)]
+        low, high = np.nanquantile(drops, [(1 - level) / 2, (1 + level) / 2])  # NaN: a draw with no such face
+        intervals[setting] = (float(low), float(high))
+    return intervals
