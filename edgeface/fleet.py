@@ -229,6 +229,17 @@ def open_bundle(payload: bytes, trusted: Ed25519PublicKey) -> tuple[dict[str, An
     return bundle, hashlib.sha256(text).hexdigest()
 
 
+def site_version(bundle: dict[str, Any], site: str) -> int:
+    """The version of a verified bundle meant for `site`; a BundleError when it is not an integer or the bundle is
+    for another site (what a door checks before anything that needs its gallery or model)."""
+    version = bundle.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise BundleError(f"version {version!r} is not an integer")
+    if bundle.get("site") != site:
+        raise BundleError(f"bundle for site {bundle.get('site')!r}, not {site!r}")
+    return version
+
+
 def bundle_people(bundle: dict[str, Any], dim: int) -> list[Person]:
     """The people of a verified bundle, each field checked; a BundleError names the first bad one."""
     people = []
@@ -326,14 +337,9 @@ def published(payload: bytes, site: str, trusted: Ed25519PublicKey | None) -> di
             return {"refused": "not a signed edgeface bundle (malformed envelope)"}
     try:
         bundle, _ = open_bundle(payload, trusted)
+        return {"version": site_version(bundle, site), "verified": True}
     except BundleError as error:
         return {"refused": str(error)}
-    version = bundle.get("version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        return {"refused": f"version {version!r} is not an integer"}
-    if bundle.get("site") != site:
-        return {"refused": f"bundle for site {bundle.get('site')!r}, not {site!r}"}
-    return {"version": version, "verified": True}
 
 
 def status(broker: Broker, site: str = DEFAULT_SITE, wait: float = 1.5,
@@ -587,11 +593,8 @@ class DoorLink:
         offered = None
         try:
             bundle, sha256 = open_bundle(payload, self.trusted)
-            offered = bundle.get("version")
-            if not isinstance(offered, int) or isinstance(offered, bool):
-                raise BundleError(f"version {offered!r} is not an integer")
-            if bundle.get("site") != self.config.site:
-                raise BundleError(f"bundle for site {bundle.get('site')!r}, this door is in {self.config.site!r}")
+            offered = bundle.get("version")  # reported as offered even when it is refused below
+            site_version(bundle, self.config.site)
             if bundle.get("embedding_model_sha256") != self.model_sha256 or bundle.get("embedding_dim") != self.dim:
                 raise BundleError(f"bundle embeddings come from model {str(bundle.get('embedding_model_sha256'))[:12]}"
                                   f", this door runs {self.model_sha256[:12]}: re-enroll with this door's model")
