@@ -275,6 +275,15 @@ def next_version(key_path: Path) -> int:
     return version
 
 
+def connect_failure(broker: Broker, error: BaseException | None) -> str:
+    """Why `broker` could not be reached, in one line: a TLS handshake failure names the certificate, not the
+    network."""
+    if isinstance(error, ssl.SSLError):  # an OSError too
+        return (f"{broker.url()}: TLS handshake failed ({error.reason or error}); is $EDGEFACE_MQTT_CA the CA that "
+                "signed the broker's certificate?")
+    return f"{broker.url()}: cannot reach the broker ({error or 'connection failed'})"
+
+
 # --- one-shot commands ----------------------------------------------------------------------------------------------
 
 def _connect(broker: Broker, client: mqtt.Client, timeout: float) -> None:
@@ -288,11 +297,8 @@ def _connect(broker: Broker, client: mqtt.Client, timeout: float) -> None:
     client.on_connect = on_connect
     try:
         client.connect(broker.host, broker.port, keepalive=30)
-    except ssl.SSLError as error:  # an OSError too: say it is the certificate, not the network
-        raise FleetError(f"{broker.url()}: TLS handshake failed ({error.reason or error}); is $EDGEFACE_MQTT_CA the "
-                         "CA that signed the broker's certificate?") from None
     except (OSError, ValueError) as error:
-        raise FleetError(f"{broker.url()}: cannot reach the broker ({error})") from None
+        raise FleetError(connect_failure(broker, error)) from None
     client.loop_start()
     if not answered.wait(timeout) or outcome[0].is_failure:
         client.loop_stop()
@@ -482,7 +488,9 @@ class DoorLink:
         self._client.reconnect_delay_set(min_delay=1, max_delay=5)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_message = self._on_message
+        self._outage_said = False  # the current outage has had its line on stderr
         self._sender = threading.Thread(target=self._send_events, name=f"edgeface-events-{door}", daemon=True)
 
     # lifecycle
@@ -547,7 +555,9 @@ class DoorLink:
 
     def _on_connect(self, client: mqtt.Client, _userdata: object, _flags: object, reason: Any, _props: object) -> None:
         if reason.is_failure:
+            self._say_outage(f"{self.config.broker.url()}: the broker refused the connection ({reason})")
             return  # paho retries; the door keeps deciding with its gallery
+        self._outage_said = False
         client.subscribe([(gallery_topic(self.config.site), 1), ("homeassistant/status", 1),
                           (self._topics["lock/set"], 1)])
         client.publish(self._topics["availability"], "online", qos=1, retain=True)
@@ -556,6 +566,17 @@ class DoorLink:
         self._connected.set()
         self._publish_state()
         self._wake.set()
+
+    def _on_connect_fail(self, _client: mqtt.Client, _userdata: object) -> None:
+        # paho calls this while it handles the failed connection's OSError: sys.exc_info() holds it
+        self._say_outage(connect_failure(self.config.broker, sys.exc_info()[1]))
+
+    def _say_outage(self, why: str) -> None:
+        """One stderr line per outage (paho retries every few seconds), not one per retry."""
+        if not self._outage_said:
+            self._outage_said = True
+            print(f"edgeface: fleet: door {self.config.door}: {why}; retrying, the door decides with its gallery "
+                  "meanwhile", file=sys.stderr, flush=True)
 
     def _on_disconnect(self, *_args: object) -> None:
         self._connected.clear()

@@ -376,6 +376,12 @@ def test_over_tls_a_door_applies_the_bundle_and_a_broker_of_another_ca_is_refuse
         assert main(status) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "TLS handshake failed" in err[0] and "CERTIFICATE_VERIFY_FAILED" in err[0], err
+        door = Door(tmp_path, broker.url, "tls", keys / "fleet.pub")  # a door behind the man in the middle
+        time.sleep(4)  # paho retries every 1-2 s meanwhile
+        assert door.gallery.people() == [("alice", 1)] and door.audit == []
+        door.close()
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "door tls:" in err[0] and "CERTIFICATE_VERIFY_FAILED" in err[0], err
         monkeypatch.setenv("EDGEFACE_MQTT_CA", str(tmp_path / "absent.pem"))
         assert main(status) == 2
         assert "absent.pem: not a readable PEM CA certificate" in capsys.readouterr().err
