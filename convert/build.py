@@ -81,8 +81,7 @@ def writable_folder(folder: Path, what: str) -> None:
                            "choose another folder or fix its permissions") from None
 
 
-FAMILY_MODULES = {"retinaface": "retinaface", "pnet": "mtcnn", "rnet": "mtcnn", "onet": "mtcnn",
-                  "mobilefacenet": "mobilefacenet", "antispoofing": "antispoofing"}
+FAMILY_MODULES = {target.family: target.make_onnx.__module__.rsplit(".", 1)[-1] for target in TARGETS}
 """The convert module that makes each family's ONNX graph: the other families' models do not depend on its code
 (those calibrated on the float RetinaFace-640's faces depend on that model's output, through the tensor digest)."""
 
@@ -109,22 +108,28 @@ def convert_imports(tree: ast.Module) -> set[str]:
     return found
 
 
-def code_digest(family: str) -> str:
-    """sha256 over the conversion code `family`'s models depend on, docstrings and comments left out: every
+def code_digests() -> dict[str, str]:
+    """Per family, sha256 over the conversion code its models depend on, docstrings and comments left out: every
     convert module but the other families' graph modules (FAMILY_MODULES) that its own does not import. The
     runtime code it calls is covered by the tensor digest instead."""
-    trees = {path.stem: ast.parse(path.read_text(), str(path))
-             for path in sorted(Path(__file__).resolve().parent.glob("*.py"))}
-    needed, pending = set(), [FAMILY_MODULES[family]]
-    while pending:
-        name = pending.pop()
-        needed.add(name)
-        pending += [module for module in convert_imports(trees[name]) & set(FAMILY_MODULES.values()) - needed]
-    digest = hashlib.sha256()
-    for name, tree in trees.items():
-        if name in needed or name not in FAMILY_MODULES.values():
-            digest.update(name.encode() + _code(tree).encode())
-    return digest.hexdigest()
+    parsed = {path.stem: ast.parse(path.read_text(), str(path))
+              for path in sorted(Path(__file__).resolve().parent.glob("*.py"))}
+    imports = {name: convert_imports(tree) for name, tree in parsed.items()}
+    trees = {name: _code(tree) for name, tree in parsed.items()}
+    graph_modules = set(FAMILY_MODULES.values())
+    digests = {}
+    for family, module in FAMILY_MODULES.items():
+        needed, pending = set(), [module]
+        while pending:
+            name = pending.pop()
+            needed.add(name)
+            pending += [other for other in imports[name] & graph_modules - needed]
+        digest = hashlib.sha256()
+        for name, tree in trees.items():
+            if name in needed or name not in graph_modules:
+                digest.update(name.encode() + tree.encode())
+        digests[family] = digest.hexdigest()
+    return digests
 
 
 def _tensor(detail: dict[str, Any], role: str, meaning: str) -> TensorSpec:
@@ -187,7 +192,7 @@ class Builder:
         self.out, self.cache = out, cache
         self.archives: dict[str, Path] = {}
         self.versions = converter_versions()
-        self.code = {family: code_digest(family) for family in FAMILY_MODULES}  # as the build started
+        self.code = code_digests()  # as the build started
         insightface = sources.fetch(sources.INSIGHTFACE, cache / "sources")
         self.sample_folder = cache / "sample_images"
         for name, data in sources.sample_images(insightface).items():
