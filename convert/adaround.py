@@ -8,8 +8,11 @@ calibrated float model's same-named tensor, both as the layer's reader sees them
 range (no int8 value lies outside it, and the runtime never looks below an output floor), then through the
 LeakyReLU when only a LeakyReLU reads the output (it shrinks the error of negative values with them). The
 layer's input is read from the int8 model as corrected so far, so each layer also absorbs the int8 error of
-everything upstream. The choice is learned as in AdaRound: a rectified sigmoid per weight, trained by Adam on
-random output windows with a regulariser that anneals it to 0 or 1. A layer whose learned rounding does not
+everything upstream; while it learns, each element of a training window's input is instead, with probability
+DROP, the float model's own value (QDrop, Wei et al. 2022), so that the rounding is not fitted to the exact int8
+error of the calibration photos and holds on photos whose error differs. The choice is learned as in AdaRound: a
+rectified sigmoid per weight, trained by Adam on random output windows with a regulariser that anneals it to 0 or
+1. A layer whose learned rounding does not
 lower its output error on the calibration inputs keeps the quantizer's own weights and bias. Only weight and
 bias values change: the ops, their scales and zero points, and so the kernels a delegate picks, stay the same.
 """
@@ -44,6 +47,7 @@ WINDOW = 24  # output rows and columns per training window
 BATCH = 8  # windows per step
 REGULARISER = 0.01  # weight of the rounding regulariser, relative to the reconstruction error
 SEED = 20261202
+DROP = 0.5  # chance that a training input element is the float model's instead of the int8 one (QDrop's 0.5)
 
 
 @dataclass
@@ -71,16 +75,19 @@ def _conv(model: Any, op: Any, float_model: Any, float_op: Any) -> _Conv:
 
 
 def _round_layer(conv: _Conv, inputs: np.ndarray, target: np.ndarray, low: float, high: float,
-                 rng: np.random.Generator, alpha: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 rng: np.random.Generator, alpha: float | None = None,
+                 float_inputs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Learned int8 weights (O x I x kh x kw) and float bias for one layer, from its N x H x W x C real-valued int8
     inputs and float target outputs, compared clipped to [low, high] and then, with `alpha`, through a LeakyReLU;
-    the quantizer's weights and bias if learning does not help."""
+    the quantizer's weights and bias if learning does not help. With `float_inputs` (the float model's values of
+    the same inputs), each training input element is one of those with probability DROP."""
     import torch
     import torch.nn.functional as F
 
     layer = conv.layer
     kh, kw = layer.weight.shape[2:]
     x = padded(layer, inputs)
+    xf = padded(layer, float_inputs) if float_inputs is not None else None
 
     def seen(z: torch.Tensor) -> torch.Tensor:  # a value as the layer's reader sees it
         z = torch.clamp(z, low, high)
@@ -113,6 +120,11 @@ def _round_layer(conv: _Conv, inputs: np.ndarray, target: np.ndarray, low: float
                   int(rng.integers(y.shape[3] - side + 1))) for _ in range(BATCH)]
         xb = torch.cat([x[n:n + 1, :, i * layer.stride[0]:i * layer.stride[0] + span_h,
                           j * layer.stride[1]:j * layer.stride[1] + span_w] for n, i, j in picks])
+        if xf is not None and DROP:
+            fb = torch.cat([xf[n:n + 1, :, i * layer.stride[0]:i * layer.stride[0] + span_h,
+                              j * layer.stride[1]:j * layer.stride[1] + span_w] for n, i, j in picks])
+            keep = torch.from_numpy(rng.random(tuple(xb.shape)) < DROP)
+            xb = torch.where(keep, fb, xb)
         yb = torch.cat([y[n:n + 1, :, i:i + side, j:j + side] for n, i, j in picks])
         soft = torch.clamp(torch.sigmoid(logits) * (ZETA - GAMMA) + GAMMA, 0, 1)
         reconstruction = ((output(torch.clamp(floor + soft, -127, 127), xb, bias) - yb) ** 2).mean()
@@ -151,6 +163,9 @@ def adaround(quantized: bytes, reference: bytes, samples: Callable[[], Iterator[
     leaky = leaky_inputs(model)
     inputs = spread_samples(samples, limit)
     targets = float_outputs(reference, inputs, [layer.reference for layer in layers])
+    float_index = {t.name: i for i, t in enumerate(float_graph.tensors)}
+    source_of = {layer.output: float_index.get(graph.tensors[op_of[layer.output].inputs[0]].name) for layer in layers}
+    float_sources = float_outputs(reference, inputs, sorted({i for i in source_of.values() if i is not None}))
     rng = np.random.default_rng(SEED)  # the only randomness: which samples and windows each step learns on
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # the same sums in the same order on every run (of one machine's kernels)
@@ -172,8 +187,10 @@ def adaround(quantized: bytes, reference: bytes, samples: Callable[[], Iterator[
                 conv = _conv(model, op, float_model, float_op_of[layer.reference])
                 low, high = output_range(layer, *quantization[layer.output])
                 alpha = leaky[layer.output][0] if layer.output in leaky else None
+                source = source_of[layer.output]
+                given = np.concatenate(float_sources[source]) if source is not None else None
                 weights, bias = _round_layer(conv, np.concatenate(seen[layer.output]),
-                                             np.concatenate(targets[layer.reference]), low, high, rng, alpha)
+                                             np.concatenate(targets[layer.reference]), low, high, rng, alpha, given)
                 _store(model, op, layer, weights, bias, conv.layer.depthwise)
     finally:
         torch.set_num_threads(threads)

@@ -167,9 +167,9 @@ def test_convolutions_computed_in_torch_match_tflite() -> None:
     assert compared == 4
 
 
-def _toy_layer(seed: int) -> tuple[_Conv, np.ndarray, np.ndarray]:
+def _toy_layer(seed: int) -> tuple[_Conv, np.ndarray, np.ndarray, np.ndarray]:
     """A 3 x 3 convolution with per-channel int8 weights (nearest rounding), coarsely rounded inputs (as an int8
-    model upstream would give them), and its float outputs on the exact inputs."""
+    model upstream would give them), its float outputs on the exact inputs, and those exact inputs."""
     rng = np.random.default_rng(seed)
     weight = rng.normal(0.0, 0.3, (4, 3, 3, 3))
     scale = np.abs(weight).reshape(4, -1).max(axis=1).reshape(4, 1, 1, 1) / 127
@@ -178,13 +178,13 @@ def _toy_layer(seed: int) -> tuple[_Conv, np.ndarray, np.ndarray]:
     inputs = rng.normal(0.0, 1.0, (6, 12, 12, 3)).astype(np.float32)
     target = apply(layer, inputs).numpy().transpose(0, 2, 3, 1)
     coarse = (np.round(inputs / 0.4) * 0.4).astype(np.float32)
-    return _Conv(layer=layer, rounded=np.round(weight / scale), scale=scale, bias=np.zeros(4)), coarse, target
+    return _Conv(layer=layer, rounded=np.round(weight / scale), scale=scale, bias=np.zeros(4)), coarse, target, inputs
 
 
 def test_rounding_is_fitted_to_what_the_int8_output_can_hold() -> None:
     """Float values beyond the output's int8 range (below a face-logit floor, say) cannot be matched and are never
     looked at: moving them further out changes nothing the rounding learns."""
-    conv, inputs, target = _toy_layer(5)
+    conv, inputs, target, _ = _toy_layer(5)
     low, high = -0.5, 2.0
     assert (target < low).mean() > 0.2  # the clipped values are a real part of the target
     farther = np.where(target < low, target - 50.0, target)
@@ -198,7 +198,7 @@ def test_rounding_is_fitted_to_what_the_int8_output_can_hold() -> None:
 def test_rounding_under_a_leaky_relu_weighs_negative_errors_by_its_slope() -> None:
     """With a LeakyReLU as the only reader, the fit is judged after it: the error it passes on is lower than when
     the fit ignores the LeakyReLU."""
-    conv, inputs, target = _toy_layer(6)
+    conv, inputs, target, _ = _toy_layer(6)
     low, high, alpha = float(target.min()), float(target.max()), 0.1
 
     def passed_on(weights: np.ndarray, bias: np.ndarray) -> float:
@@ -210,3 +210,19 @@ def test_rounding_under_a_leaky_relu_weighs_negative_errors_by_its_slope() -> No
     aware = passed_on(*_round_layer(conv, inputs, target, low, high, np.random.default_rng(1), alpha))
     plain = passed_on(*_round_layer(conv, inputs, target, low, high, np.random.default_rng(1)))
     assert aware < plain
+
+
+def test_learning_mixes_the_float_inputs_in_and_is_judged_on_the_int8_ones() -> None:
+    """With the float model's inputs given, each training input element is one of them with probability DROP
+    (QDrop): a different rounding is learned, and it is kept only if it lowers the error on the int8 inputs."""
+    conv, coarse, target, exact = _toy_layer(5)
+    low, high = float(target.min()), float(target.max())
+    plain = _round_layer(conv, coarse, target, low, high, np.random.default_rng(1))
+    mixed = _round_layer(conv, coarse, target, low, high, np.random.default_rng(1), float_inputs=exact)
+    assert not np.array_equal(plain[0], mixed[0])
+
+    def error(weights: np.ndarray, bias: np.ndarray) -> float:
+        fitted = dataclasses.replace(conv.layer, weight=weights * conv.scale, bias=bias)
+        return float(np.mean((apply(fitted, coarse).numpy().transpose(0, 2, 3, 1) - target) ** 2))
+
+    assert error(*mixed) < error(conv.rounded, conv.bias)
