@@ -11,10 +11,10 @@ layer's input is read from the int8 model as corrected so far, so each layer als
 everything upstream; while it learns, each element of a training window's input is instead, with probability
 DROP, the float model's own value (QDrop, Wei et al. 2022), so that the rounding is not fitted to the exact int8
 error of the calibration photos and holds on photos whose error differs. The choice is learned as in AdaRound: a
-rectified sigmoid per weight, trained by Adam on random output windows with a regulariser that anneals it to 0 or
-1. A layer whose learned rounding does not
-lower its output error on the calibration inputs keeps the quantizer's own weights and bias. Only weight and
-bias values change: the ops, their scales and zero points, and so the kernels a delegate picks, stay the same.
+rectified sigmoid per weight, trained by Adam on random output windows with a regulariser that anneals it to 0
+or 1. A layer whose learned rounding does not lower its output error on the calibration inputs (int8 inputs
+only) keeps the quantizer's own weights and bias. Only weight and bias values change: the ops, their scales and
+zero points, and so the kernels a delegate picks, stay the same.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def adaround(quantized: bytes, reference: bytes, samples: Callable[[], Iterator[
     float_index = {t.name: i for i, t in enumerate(float_graph.tensors)}
     source_of = {layer.output: float_index.get(graph.tensors[op_of[layer.output].inputs[0]].name) for layer in layers}
     float_sources = float_outputs(reference, inputs, sorted({i for i in source_of.values() if i is not None}))
-    rng = np.random.default_rng(SEED)  # the only randomness: which samples and windows each step learns on
+    rng = np.random.default_rng(SEED)  # the only randomness: the samples, windows and float elements of each step
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # the same sums in the same order on every run (of one machine's kernels)
     try:
