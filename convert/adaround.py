@@ -115,16 +115,18 @@ def _round_layer(conv: _Conv, inputs: np.ndarray, target: np.ndarray, low: float
     side = min(WINDOW, y.shape[2], y.shape[3])
     span_h = (side - 1) * layer.stride[0] + (kh - 1) * layer.dilation[0] + 1
     span_w = (side - 1) * layer.stride[1] + (kw - 1) * layer.dilation[1] + 1
+
+    def windows(z: torch.Tensor, picks: list[tuple[int, int, int]]) -> torch.Tensor:  # the inputs of output windows
+        return torch.cat([z[n:n + 1, :, i * layer.stride[0]:i * layer.stride[0] + span_h,
+                            j * layer.stride[1]:j * layer.stride[1] + span_w] for n, i, j in picks])
+
     for step in range(ITERATIONS):
         picks = [(int(rng.integers(len(x))), int(rng.integers(y.shape[2] - side + 1)),
                   int(rng.integers(y.shape[3] - side + 1))) for _ in range(BATCH)]
-        xb = torch.cat([x[n:n + 1, :, i * layer.stride[0]:i * layer.stride[0] + span_h,
-                          j * layer.stride[1]:j * layer.stride[1] + span_w] for n, i, j in picks])
+        xb = windows(x, picks)
         if xf is not None and DROP:
-            fb = torch.cat([xf[n:n + 1, :, i * layer.stride[0]:i * layer.stride[0] + span_h,
-                              j * layer.stride[1]:j * layer.stride[1] + span_w] for n, i, j in picks])
             keep = torch.from_numpy(rng.random(tuple(xb.shape)) < DROP)
-            xb = torch.where(keep, fb, xb)
+            xb = torch.where(keep, windows(xf, picks), xb)
         yb = torch.cat([y[n:n + 1, :, i:i + side, j:j + side] for n, i, j in picks])
         soft = torch.clamp(torch.sigmoid(logits) * (ZETA - GAMMA) + GAMMA, 0, 1)
         reconstruction = ((output(torch.clamp(floor + soft, -127, 127), xb, bias) - yb) ** 2).mean()
@@ -162,10 +164,10 @@ def adaround(quantized: bytes, reference: bytes, samples: Callable[[], Iterator[
         raise ConvertError("AdaRound: no int8 convolution matches a float tensor by name")
     leaky = leaky_inputs(model)
     inputs = spread_samples(samples, limit)
-    targets = float_outputs(reference, inputs, [layer.reference for layer in layers])
     float_index = {t.name: i for i, t in enumerate(float_graph.tensors)}
     source_of = {layer.output: float_index.get(graph.tensors[op_of[layer.output].inputs[0]].name) for layer in layers}
-    float_sources = float_outputs(reference, inputs, sorted({i for i in source_of.values() if i is not None}))
+    floats = float_outputs(reference, inputs, sorted({layer.reference for layer in layers}
+                                                     | {i for i in source_of.values() if i is not None}))
     rng = np.random.default_rng(SEED)  # the only randomness: the samples, windows and float elements of each step
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # the same sums in the same order on every run (of one machine's kernels)
@@ -188,9 +190,10 @@ def adaround(quantized: bytes, reference: bytes, samples: Callable[[], Iterator[
                 low, high = output_range(layer, *quantization[layer.output])
                 alpha = leaky[layer.output][0] if layer.output in leaky else None
                 source = source_of[layer.output]
-                given = np.concatenate(float_sources[source]) if source is not None else None
+                float_input = np.concatenate(floats[source]) if source is not None else None
                 weights, bias = _round_layer(conv, np.concatenate(seen[layer.output]),
-                                             np.concatenate(targets[layer.reference]), low, high, rng, alpha, given)
+                                             np.concatenate(floats[layer.reference]), low, high, rng, alpha,
+                                             float_input)
                 _store(model, op, layer, weights, bias, conv.layer.depthwise)
     finally:
         torch.set_num_threads(threads)
