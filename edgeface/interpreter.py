@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -80,19 +81,25 @@ def edgetpu_compiled(manifest: Manifest, spec: ModelSpec) -> Path | None:
     return compiled
 
 
-def make_interpreter(path: Path, threads: int = 2, delegate: str = "xnnpack", edgetpu: Any | None = None) -> Any:
+def make_interpreter(path: Path, threads: int = 2, delegate: str = "xnnpack", edgetpu: Any | None = None,
+                     keep_tensors: bool = False) -> Any:
     """An interpreter for `path` on the CPU ('xnnpack', or 'none' for TFLite's own kernels only); with an
-    `edgetpu` delegate (`edgetpu_delegate()`), a compiled model's Edge TPU ops run there."""
+    `edgetpu` delegate (`edgetpu_delegate()`), a compiled model's Edge TPU ops run there. `keep_tensors` keeps
+    every intermediate tensor readable after `invoke` (TFLite's own kernels only: no delegate)."""
     module = _runtime()
     if delegate not in ("xnnpack", "none"):
         raise ModelError(f"unknown CPU delegate '{delegate}' (choose from xnnpack, none)")
     options: dict[str, Any] = {"model_path": str(path), "num_threads": threads}
+    if keep_tensors:
+        options["experimental_preserve_all_tensors"] = True
     if delegate == "none":
         options["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     if edgetpu is not None:
         options["experimental_delegates"] = [edgetpu]
     try:
-        return module.Interpreter(**options)
+        with warnings.catch_warnings():  # LiteRT warns that keeping every tensor is for debugging: it is here
+            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
+            return module.Interpreter(**options)
     except (ValueError, RuntimeError) as error:
         raise ModelError(f"{path}: not a loadable TFLite model ({error}); {REINSTALL}") from None
 

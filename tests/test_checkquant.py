@@ -196,6 +196,9 @@ def test_check_quant_quick(manifest: Manifest, data: Path, tmp_path: Path,
     assert 200 <= identification["photos"] < 260 and identification["enrolled_people"] > 0
     assert "recommended_threshold" in identification["int8"]
     assert report["snr"]["models"] and all(report["snr"]["models"].values())
+    for key in report["snr"]["models"]:  # every tensor in the JSON, the summary's rows among them
+        names = [row["name"] for row in report["snr"]["tensors"][key]]
+        assert names and set(report["snr"]["tensors_shown"][key]) <= set(names)
     assert len(report["gates"]) == 3 * 3 + 2 + 3
     assert report["passed"] == all(g["passed"] for g in report["gates"])
     for name in ("report.md", "pr_easy.png", "pr_medium.png", "pr_hard.png", "nme_cdf.png", "lfw_roc.png",
@@ -206,6 +209,7 @@ def test_check_quant_quick(manifest: Manifest, data: Path, tmp_path: Path,
     assert "| retinaface-640 | all |" in text  # the output error table
     assert "| retinaface-320 | 0--Parade | " in text and "] |" in text  # drops with intervals
     assert "| retinaface-640 | s8 |" in text  # the drop left with float stride-8 outputs
+    assert "| grid SNR dB | drop dB |" in text  # where the error enters, tensor by tensor
 
 
 def test_pairing_takes_the_best_overlaps_first_and_no_face_twice() -> None:

@@ -38,6 +38,7 @@ from edgeface.tools.evaluation.landmarks import face_nme, read_imglab
 from edgeface.tools.evaluation.results import Results
 from edgeface.tools.evaluation.verification import protocol_accuracy, protocol_folds, read_pairs, roc, tar_at_far
 from edgeface.tools.evaluation.widerface import SETTINGS, drop_interval, evaluate, image_key, load_ground_truth
+from edgeface.tools.tensor_snr import tensor_snr, where_it_enters
 
 PRECISIONS = ("float", "int8")
 FOLDERS = ("wider_val_dev", "dlib_landmarks", "lfw_fold1", "celeba_dev")
@@ -408,8 +409,8 @@ def stage_models(stage: str) -> tuple[str, ...]:
 
 
 def output_snr(profile: Profile, worst: Gate, photos: list[Path]) -> dict[str, Any]:
-    """Per-output SNR of the worst stage's int8 models against float, on the inputs the float pipeline fed
-    them while analysing `photos` (detection stages detect; the embedder's stage embeds)."""
+    """Per-output and per-tensor SNR of the worst stage's int8 models against float, on the inputs the float
+    pipeline fed them while analysing `photos` (detection stages detect; the embedder's stage embeds)."""
     assert worst.stage is not None
     if worst.stage == "mobilefacenet":
         analyzer = _RecordingAnalyzer(profile, precision="float")
@@ -422,6 +423,8 @@ def output_snr(profile: Profile, worst: Gate, photos: list[Path]) -> dict[str, A
             analyzer.detect(path)
     runtime, manifest = profile.runtime, analyzer.manifest
     models: dict[str, dict[str, float]] = {}
+    tensors: dict[str, list[dict[str, Any]]] = {}
+    shown: dict[str, list[str]] = {}
     for key in stage_models(worst.stage):
         batches = analyzer.recorded[key].batches
         if not batches:  # e.g. no PNet proposal reached RNet
@@ -430,8 +433,12 @@ def output_snr(profile: Profile, worst: Gate, photos: list[Path]) -> dict[str, A
                                    delegate=runtime.delegate).run(b) for b in batches] for p in PRECISIONS}
         models[key] = {role: snr_db([o[role] for o in outputs["float"]], [o[role] for o in outputs["int8"]])
                        for role in outputs["float"][0]}
+        rows = tensor_snr(manifest, key, batches, runtime.threads)
+        tensors[key] = [row.to_json() for row in rows]
+        shown[key] = [row.name for row in where_it_enters(rows)]
     return {"stage": worst.stage, "why": f"{worst.name} uses {worst.usage:.0%} of its allowance",
-            "batches": {key: len(analyzer.recorded[key].batches) for key in models}, "models": models}
+            "batches": {key: len(analyzer.recorded[key].batches) for key in models}, "models": models,
+            "tensors": tensors, "tensors_shown": shown}
 
 
 def check_quant(data: Path, profile: Profile, quick: bool, say: Callable[[str], None]) -> tuple[Results, list[Gate]]:
