@@ -107,11 +107,12 @@ def markdown(report: dict[str, Any], images: dict[str, str]) -> str:
         _table(["model", "output", "SNR dB"], [[key, role, _number(db, 1)] for key, outputs in
                                                report["snr"]["models"].items() for role, db in outputs.items()]),
         "Where the int8 error enters and grows, tensor by tensor on the same inputs (TFLite's own kernels, "
-        "edgeface.tools.tensor_snr): the first compared tensor, the largest drops (an op's output SNR below its "
-        "lowest compared input's) and the outputs, in graph order, each with the SNR of the float values on its own "
-        "int8 grid (the best it could hold; near it, the tensor's range is the limit, far above it, the error was "
-        "carried in). A face-logit output starts at its floor, so both count the float values below it that no "
-        "threshold reads. Every tensor in report.json",
+        "edgeface.tools.tensor_snr; the table above ran the profile's delegate, whose int8 kernels round "
+        "differently, so the same output can read apart by a dB or two): the first compared tensor, the largest "
+        "drops (an op's output SNR below its lowest compared input's) and the outputs, in graph order, each with "
+        "the SNR of the float values on its own int8 grid (the best it could hold; near it, the tensor's range is "
+        "the limit, far above it, the error was carried in). A face-logit output starts at its floor, so both "
+        "count the float values below it that no threshold reads. Every tensor in report.json",
         _table(["model", "tensor", "op", "shape", "SNR dB", "grid SNR dB", "drop dB"],
                [[key, row["name"], row["op"], "x".join(map(str, row["shape"])), _number(row["snr_db"], 1),
                  _number(row["grid_db"], 1), "" if row["drop_db"] is None else _number(row["drop_db"], 1)]
