@@ -108,7 +108,7 @@ def markdown(report: dict[str, Any], images: dict[str, str]) -> str:
                                                report["snr"]["models"].items() for role, db in outputs.items()]),
         "Where the int8 error enters and grows, tensor by tensor on the same inputs (TFLite's own kernels, "
         "edgeface.tools.tensor_snr; the table above ran the profile's delegate, whose int8 kernels round "
-        "differently, so the same output can read apart by a dB or two): the first compared tensor, the largest "
+        "differently, so the same output can read a few dB apart): the first compared tensor, the largest "
         "drops (an op's output SNR below its lowest compared input's) and the outputs, in graph order, each with "
         "the SNR of the float values on its own int8 grid (the best it could hold; near it, the tensor's range is "
         "the limit, far above it, the error was carried in). A face-logit output starts at its floor, so both "
