@@ -7,7 +7,9 @@ under CI=true, where `make test` has just built the models and either one missin
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,19 @@ def subset(folder: Path, count: int) -> list[Path]:
         pytest.skip(f"{folder}: no images")
     step = max(1, len(paths) // count)
     return paths[::step][:count]
+
+
+@contextmanager
+def raw_sqlite(path: Path | str, **options: Any) -> Iterator[sqlite3.Connection]:
+    """A plain sqlite3 connection to `path` (how a test tampers with or inspects a database behind the product's
+    back), committed and closed on exit. `with sqlite3.connect(...)` commits but does not close, and an unclosed
+    connection is closed by the cycle collector at a random later moment, checkpointing the WAL as it goes."""
+    connection = sqlite3.connect(path, **options)
+    try:
+        with connection:
+            yield connection
+    finally:
+        connection.close()
 
 
 def calibrate_only(model: Any, samples: Callable[[], Iterator[np.ndarray]]) -> bytes:

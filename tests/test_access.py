@@ -3,7 +3,6 @@ migration, and `replace_all` (the fleet's apply) being all or nothing even when 
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import raw_sqlite
 
 from edgeface.access import EXPIRED, NOT_YET_VALID, OUTSIDE_SCHEDULE, AccessRules, parse_schedule
 from edgeface.cli import main
@@ -71,7 +71,7 @@ def test_gallery_access(tmp_path: Path) -> None:
         assert gallery.access("carol", monday) == "not enrolled"
         with pytest.raises(GalleryError, match="nobody named"):
             gallery.set_rules("carol", AccessRules())
-    with sqlite3.connect(tmp_path / "g.db") as db:  # a corrupt rule fails closed, it never opens the door
+    with raw_sqlite(tmp_path / "g.db") as db:  # a corrupt rule fails closed, it never opens the door
         db.execute("UPDATE people SET schedule = 'mon-fri' WHERE name = 'bob'")
     with Gallery(tmp_path / "g.db", SHA, DIM) as gallery:
         assert gallery.access("bob", datetime(2026, 11, 30, 8)) == "invalid access rules"
@@ -79,7 +79,7 @@ def test_gallery_access(tmp_path: Path) -> None:
 
 def test_schema_1_gallery_migrates_in_place(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    with sqlite3.connect(path) as db:
+    with raw_sqlite(path) as db:
         db.executescript("""
             CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
             CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, created REAL);
@@ -95,7 +95,7 @@ def test_schema_1_gallery_migrates_in_place(tmp_path: Path) -> None:
         assert gallery.access("alice", datetime(2030, 1, 1)) is None
         gallery.set_rules("alice", AccessRules(valid_until=date(2027, 1, 31)))
         assert gallery.access("alice", datetime(2030, 1, 1)) == EXPIRED
-    with sqlite3.connect(path) as db:
+    with raw_sqlite(path) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
         db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(GalleryError, match="unknown gallery schema version '99'"):

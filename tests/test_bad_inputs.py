@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import raw_sqlite
 from PIL import Image
 
 from edgeface.analyzer import Enrolment, Face, FaceAnalyzer, choose_face
@@ -220,8 +221,9 @@ def test_version() -> None:
                     [str(Path(sys.executable).with_name("edgeface")), "--version"]):
         done = subprocess.run(command, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and done.stdout.strip() == f"edgeface {__import__('edgeface').__version__}"
-    import edgeface
     from importlib.metadata import version
+
+    import edgeface
 
     assert edgeface.__version__ == version("edgeface")
     assert edgeface.FaceAnalyzer is FaceAnalyzer and edgeface.load_image is load_image
@@ -272,7 +274,7 @@ def test_commit_that_fails_rolls_back(db: Path) -> None:
 
 
 def test_lock_held_past_the_timeout(db: Path) -> None:
-    with Gallery(db, MODEL, DIM, timeout=0.05) as gallery, sqlite3.connect(db, isolation_level=None) as other:
+    with Gallery(db, MODEL, DIM, timeout=0.05) as gallery, raw_sqlite(db, isolation_level=None) as other:
         other.execute("BEGIN IMMEDIATE")
         with pytest.raises(GalleryError, match=f"{db}: cannot enroll 'Bob' \\(database is locked\\)"):
             gallery.add("Bob", _unit(1))
@@ -281,7 +283,7 @@ def test_lock_held_past_the_timeout(db: Path) -> None:
 
 def test_dropped_table(db: Path) -> None:
     with Gallery(db, MODEL, DIM) as gallery:
-        with sqlite3.connect(db) as raw:
+        with raw_sqlite(db) as raw:
             raw.execute("DROP TABLE embeddings")  # while the gallery is open
         with pytest.raises(GalleryError, match=f"{db}: cannot read the gallery \\(no such table: embeddings\\)"):
             gallery.identify(_unit(1), 0.5)
@@ -290,7 +292,7 @@ def test_dropped_table(db: Path) -> None:
 
 
 def test_damaged_vector_is_skipped_not_fatal(db: Path) -> None:
-    with sqlite3.connect(db) as raw:
+    with raw_sqlite(db) as raw:
         raw.execute("UPDATE embeddings SET vector = x'0102' WHERE source = 'a1.jpg'")
     with Gallery(db, MODEL, DIM) as gallery:
         [(name, similarity)] = gallery.identify(_unit(2)[1:], 0.5)
@@ -314,7 +316,7 @@ def test_undecodable_file_names_are_stored_escaped(tmp_path: Path) -> None:
         gallery.add(name, _unit(1), [source])
         assert gallery.people() == [("Ren\\xe9", 1)]
         assert gallery.identify(_unit(1), 0.5)[0][0] == "Ren\\xe9"
-    with sqlite3.connect(tmp_path / "g.db") as raw:
+    with raw_sqlite(tmp_path / "g.db") as raw:
         assert raw.execute("SELECT source FROM embeddings").fetchone()[0] == "/photos/Ren\\xe9/1.jpg"
 
 
@@ -361,7 +363,7 @@ CREATE INDEX embeddings_person ON embeddings (person_id);
 
 def test_schema_1_gallery_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
-    with sqlite3.connect(path) as raw:
+    with raw_sqlite(path) as raw:
         raw.executescript(SCHEMA_1)
         raw.executemany("INSERT INTO meta VALUES (?, ?)", [("schema_version", "1"),
                         ("embedding_model_sha256", MODEL), ("embedding_dim", str(DIM))])
@@ -370,7 +372,7 @@ def test_schema_1_gallery_is_upgraded_in_place(tmp_path: Path) -> None:
     with Gallery(path, MODEL, DIM) as gallery:
         assert gallery.people() == [("Dora", 1)]
         assert gallery.add("Dora", _unit(1, 1), None, ["d2"]) == 2
-    with sqlite3.connect(path) as raw:
+    with raw_sqlite(path) as raw:
         assert raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
         assert [row[1] for row in raw.execute("PRAGMA table_info(embeddings)")][-1] == "content_sha256"
 
@@ -378,7 +380,7 @@ def test_schema_1_gallery_is_upgraded_in_place(tmp_path: Path) -> None:
 def test_a_current_version_lacking_a_column_gets_it(tmp_path: Path) -> None:
     """Two branches each adding columns as schema 2 merge as the union: a gallery is checked column by column."""
     path = tmp_path / "other-branch.db"
-    with sqlite3.connect(path) as raw:
+    with raw_sqlite(path) as raw:
         raw.executescript(SCHEMA_1)
         raw.executemany("INSERT INTO meta VALUES (?, ?)", [("schema_version", str(SCHEMA_VERSION)),
                         ("embedding_model_sha256", MODEL), ("embedding_dim", str(DIM))])
@@ -388,7 +390,7 @@ def test_a_current_version_lacking_a_column_gets_it(tmp_path: Path) -> None:
 
 def test_new_gallery_is_created_at_the_current_schema(tmp_path: Path) -> None:
     Gallery(tmp_path / "new.db", MODEL, DIM).close()
-    with sqlite3.connect(tmp_path / "new.db") as raw:
+    with raw_sqlite(tmp_path / "new.db") as raw:
         assert raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
     assert SCHEMA_VERSION == 2
 
@@ -490,7 +492,7 @@ def test_enroll_twice_adds_nothing_and_replace_reenrolls(tmp_path: Path, manifes
                                            "skipped 0"
     done = _script("enroll", *second, "--gallery", db, "--replace", "--face", "largest")
     assert done.returncode == 0
-    with sqlite3.connect(db) as raw:
+    with raw_sqlite(db) as raw:
         sources = sorted(row[0] for row in raw.execute("SELECT source FROM embeddings"))
     assert sources == sorted(map(str, second))
 
@@ -528,7 +530,7 @@ def test_unwritable_output_is_one_line(tmp_path: Path, manifest: object, lfw: Pa
 def test_damaged_vector_is_a_warning_for_identify(tmp_path: Path, manifest: object, lfw: Path) -> None:
     db, photos = tmp_path / "g.db", _photos(lfw, "Pervez_Musharraf", 3)
     assert _script("enroll", *photos[:2], "--gallery", db, "--face", "largest").returncode == 0
-    with sqlite3.connect(db) as raw:
+    with raw_sqlite(db) as raw:
         raw.execute("UPDATE embeddings SET vector = x'00' WHERE id = 1")
     done = _script("identify", photos[2], "--gallery", db, "--json")
     assert done.returncode == 0

@@ -15,10 +15,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing
 from pathlib import Path
 
 import numpy as np
+from conftest import raw_sqlite
 
 from edgeface.manifest import Manifest
 
@@ -42,7 +42,7 @@ def _enrolled(db: Path) -> dict[str, list[str]]:
     """Each person's enrolled digests, after checking that every row is whole and matches its source file."""
     if not db.exists() or db.stat().st_size == 0:
         return {}
-    with closing(sqlite3.connect(db)) as raw:  # closed here: a lingering last connection deletes the WAL later
+    with raw_sqlite(db) as raw:  # closed here: a lingering last connection deletes the WAL later
         assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         if not raw.execute("SELECT 1 FROM sqlite_master WHERE name = 'embeddings'").fetchone():
             return {}
@@ -59,7 +59,7 @@ def _enrolled(db: Path) -> dict[str, list[str]]:
 def _rows(db: Path) -> int:
     """Embeddings committed to `db` so far (0 before its schema exists), read without disturbing the writer."""
     try:
-        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as raw:
+        with raw_sqlite(f"file:{db}?mode=ro", uri=True, timeout=1) as raw:
             return raw.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
     except sqlite3.Error:
         return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import raw_sqlite
 
 from edgeface.errors import GalleryError
 from edgeface.gallery import Gallery
@@ -40,7 +40,7 @@ def test_round_trip_and_persistence(db: Path) -> None:
         [[(name, similarity)]] = gallery.match(alice)
         assert name == "Alice" and similarity == pytest.approx(1.0, abs=1e-5)
         assert gallery.add("Alice", _unit(rng, 1)) == 2
-    with sqlite3.connect(db) as raw:
+    with raw_sqlite(db) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert raw.execute("SELECT source FROM embeddings ORDER BY id LIMIT 1").fetchone()[0] == "a.jpg"
 
@@ -107,7 +107,7 @@ def test_remove(db: Path) -> None:
         assert gallery.people() == [("Ivan", 1)]
         with pytest.raises(GalleryError, match="Heidi"):
             gallery.remove("Heidi")
-    with sqlite3.connect(db) as raw:
+    with raw_sqlite(db) as raw:
         assert raw.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == 1  # cascaded
 
 
@@ -150,13 +150,13 @@ def test_corrupt_file_names_the_file(db: Path, content: bytes) -> None:
 
 
 def test_foreign_sqlite_and_unknown_schema(db: Path, tmp_path: Path) -> None:
-    with sqlite3.connect(db) as raw:
+    with raw_sqlite(db) as raw:
         raw.execute("CREATE TABLE other (x)")
     with pytest.raises(GalleryError, match="not an edgeface gallery"):
         Gallery(db, MODEL, DIM)
     newer = tmp_path / "newer.db"
     Gallery(newer, MODEL, DIM).close()
-    with sqlite3.connect(newer) as raw:
+    with raw_sqlite(newer) as raw:
         raw.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(GalleryError, match=f"{newer}.*schema version '99'"):
         Gallery(newer, MODEL, DIM)
@@ -194,6 +194,6 @@ def test_crash_mid_enrolment_keeps_committed_people(db: Path) -> None:
         assert gallery.people() == [("A", 3)]
         a = np.random.default_rng(7).normal(size=(3, DIM))
         assert [top[0][0] for top in gallery.match(a)] == ["A", "A", "A"]
-    with sqlite3.connect(db) as raw:
+    with raw_sqlite(db) as raw:
         assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert raw.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == 3
