@@ -328,7 +328,7 @@ def cmd_doorlock(args: argparse.Namespace) -> int:
             raise EdgefaceError("--fleet needs --door NAME and --trust PUBKEY")
         from edgeface.fleet import Broker, LinkConfig
 
-        fleet = LinkConfig(Broker.parse(args.fleet), args.door, args.trust, args.site)
+        fleet = LinkConfig(Broker.parse(args.fleet), args.door, args.trust, args.site, args.door_key)
     return run(load_profile(args.profile), args.gallery, args.source, relay_pin=args.relay_pin,
                audit_log=args.audit_log, dry_run=args.dry_run, follow=args.follow, fleet=fleet)
 
@@ -338,8 +338,10 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     from edgeface import fleet
 
     if args.action == "keygen":
-        private, public = fleet.keygen(args.out)
-        print(f"wrote {private} (keep it secret, mode 0600) and {public} (copy it to every door)")
+        private, public = fleet.keygen(args.out, args.name)
+        where = ("copy it to every door" if args.name == "fleet"
+                 else f"keep it with the other doors' keys for `fleet status --doors`; {private.name} goes to the door")
+        print(f"wrote {private} (keep it secret, mode 0600) and {public} ({where})")
         return 0
     broker = fleet.Broker.parse(args.broker)
     if args.action == "publish":
@@ -348,7 +350,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
               f"{fleet.gallery_topic(args.site)} at {broker.url()}")
         return 0
     trusted = fleet.load_public_key(args.trust) if args.trust else None
-    doors = fleet.status(broker, args.site, args.wait, trusted)
+    doors = fleet.status(broker, args.site, args.wait, trusted, args.doors)
     if args.json:
         print(json.dumps(doors, indent=1))
         return 0
@@ -365,8 +367,15 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         event = (seen.get("state") or {}).get("last_event") or {}
         last = " ".join(str(event[k]) for k in ("time", "decision", "identity") if event.get(k)) or "none"
         why = f": {report['error']}" if report.get("error") else ""
+        check = seen.get("report")
+        signed = "" if check is None else (
+            "  report signed by the door" if check == "verified" else f"  report NOT the door's: {check}")
         print(f"{door:16s} {seen.get('availability', '?'):8s} gallery {report.get('version') or 'none'} "
-              f"({report.get('status', '?')}{why})  last event {last}")
+              f"({report.get('status', '?')}{why}){signed}  last event {last}")
+    if args.doors is not None and bundle.get("verified"):
+        held = sum(seen["acknowledged"] for seen in doors.values())
+        print(f"{held} of {len(doors)} doors acknowledge the published version {bundle['version']} "
+              "(signed reports holding that very bundle)")
     return 0
 
 
@@ -548,11 +557,15 @@ def build_parser() -> argparse.ArgumentParser:
     doorlock.add_argument("--site", default="home", help="fleet site (default: %(default)s)")
     doorlock.add_argument("--door", help="this door's name in the fleet")
     doorlock.add_argument("--trust", type=Path, metavar="PUBKEY", help="the fleet's public key (fleet.pub)")
+    doorlock.add_argument("--door-key", type=Path, metavar="KEY",
+                          help="this door's own key (fleet keygen --name DOOR): its gallery reports are signed")
     doorlock.set_defaults(handler=cmd_doorlock)
     fleet = sub.add_parser("fleet", help="many doors over MQTT: keygen, publish a signed gallery, door status")
     fleet_sub = fleet.add_subparsers(dest="action", required=True)
-    keygen = fleet_sub.add_parser("keygen", help="write DIR/fleet.key and DIR/fleet.pub (Ed25519)")
+    keygen = fleet_sub.add_parser("keygen", help="write DIR/NAME.key and DIR/NAME.pub (Ed25519)")
     keygen.add_argument("--out", required=True, type=Path, metavar="DIR")
+    keygen.add_argument("--name", default="fleet",
+                        help="fleet (default: the signing key of bundles) or a door's name (its report key)")
     publish = fleet_sub.add_parser("publish", help="sign the whole gallery and publish it, retained, to the site")
     publish.add_argument("--gallery", required=True, type=Path, metavar="DB")
     publish.add_argument("--key", required=True, type=Path, metavar="KEY", help="fleet.key")
@@ -563,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     fleet_status.add_argument("--json", action="store_true")
     fleet_status.add_argument("--trust", type=Path, metavar="PUB",
                               help="fleet.pub: check the published bundle's signature, site and version")
+    fleet_status.add_argument("--doors", type=Path, metavar="DIR",
+                              help="a folder of DOOR.pub: check each door's signed report, and with --trust "
+                                   "whether it holds the published bundle")
     for command in (publish, fleet_status):
         command.add_argument("--broker", required=True, metavar="mqtt[s]://HOST[:PORT]")
         command.add_argument("--site", default="home", help="fleet site (default: %(default)s)")

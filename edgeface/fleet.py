@@ -4,8 +4,9 @@ Imported only when the fleet is used; it needs the `fleet` extra (paho-mqtt, cry
 a door named with letters, digits, '_' and '-':
 
     edgeface/<site>/gallery               retained  the signed bundle (`edgeface fleet publish`)
-    edgeface/<site>/<door>/gallery        retained  the door's report on the last bundle: version, offered, added,
-                                                    removed, updated, unchanged, status, error, time
+    edgeface/<site>/<door>/gallery        retained  the door's report on the last bundle: version, sha256, offered,
+                                                    added, removed, updated, unchanged, status, error, time, site,
+                                                    door; signed with the door's own key when it has one
     edgeface/<site>/<door>/availability   retained  online / offline (the last will)
     edgeface/<site>/<door>/event          QoS 1     each audit record plus door, seq and event_type
     edgeface/<site>/<door>/state          retained  {"lock", "last_person", "last_event"}
@@ -15,8 +16,11 @@ a door named with letters, digits, '_' and '-':
 A bundle is the canonical JSON (sorted keys, no spaces, ASCII) of the whole gallery, signed with Ed25519; a door
 applies it only if the signature verifies against its trusted key, the site and the embedding model match its own,
 and its version is newer than the one applied (kept in the gallery's meta table, so a replay is refused across
-restarts). Events wait in an SQLite queue beside the gallery while the broker is away (QUEUE_LIMIT, oldest dropped
-past it; `seq` shows any gap) and are delivered in order, at least once, when it is back.
+restarts). A door given its own Ed25519 key signs its report the same way, naming its site and door inside the
+signed text, so `status` with the doors' public keys tells a report the door made from one anyone else published
+(a report moved to another door's topic, altered, unsigned or signed by another key). Events wait in an SQLite
+queue beside the gallery while the broker is away (QUEUE_LIMIT, oldest dropped past it; `seq` shows any gap) and
+are delivered in order, at least once, when it is back.
 """
 
 from __future__ import annotations
@@ -134,13 +138,15 @@ def _now() -> str:
 
 # --- keys and bundles ---------------------------------------------------------------------------------------------
 
-def keygen(out: Path) -> tuple[Path, Path]:
-    """Write a new Ed25519 key pair: `out/fleet.key` (PKCS#8 PEM, mode 0600) and `out/fleet.pub`; never overwrites."""
+def keygen(out: Path, name: str = "fleet") -> tuple[Path, Path]:
+    """Write a new Ed25519 key pair: `out/<name>.key` (PKCS#8 PEM, mode 0600) and `out/<name>.pub` (the fleet's
+    signing key by default; a door's own key under the door's name); never overwrites."""
+    check_name(name, "--name")
     out.mkdir(parents=True, exist_ok=True)
-    private, public = out / "fleet.key", out / "fleet.pub"
+    private, public = out / f"{name}.key", out / f"{name}.pub"
     for path in (private, public):
         if path.exists():
-            raise FleetError(f"{path}: already exists (a fleet key is never overwritten; move it away first)")
+            raise FleetError(f"{path}: already exists (a key is never overwritten; move it away first)")
     key = Ed25519PrivateKey.generate()
     descriptor = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as handle:
@@ -164,13 +170,13 @@ def _read_key(path: Path, load: Callable[[bytes], Any], kind: type, what: str) -
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
-    """The fleet's signing key (`fleet.key`)."""
+    """A signing key: the fleet's (`fleet.key`) or a door's own."""
     return _read_key(path, lambda data: serialization.load_pem_private_key(data, None), Ed25519PrivateKey,
                      "private key")
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
-    """A door's trusted key (`fleet.pub`)."""
+    """A public key: the fleet's (`fleet.pub`, which doors trust) or a door's own."""
     return _read_key(path, serialization.load_pem_public_key, Ed25519PublicKey, "public key")
 
 
@@ -183,6 +189,27 @@ def key_id(key: Ed25519PublicKey) -> str:
 def canonical(value: object) -> bytes:
     """The canonical JSON form that is signed: sorted keys, no spaces, ASCII."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def sign_report(report: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    """`report` plus "key" (its key id) and "signature": Ed25519 over the canonical JSON of everything else."""
+    signed = {**report, "key": key_id(key.public_key())}
+    return {**signed, "signature": base64.b64encode(key.sign(canonical(signed))).decode()}
+
+
+def check_report(report: object, site: str, door: str, key: Ed25519PublicKey) -> str | None:
+    """None if `report` (a door's retained gallery report) was signed by `key` for this site and door; otherwise
+    why not, in a few words."""
+    if not isinstance(report, dict) or "signature" not in report:
+        return "unsigned"
+    signed = {name: value for name, value in report.items() if name != "signature"}
+    try:
+        key.verify(base64.b64decode(str(report["signature"]), validate=True), canonical(signed))
+    except (InvalidSignature, binascii.Error, ValueError):
+        return f"bad signature: not signed by {door}'s key {key_id(key)}, or altered after signing"
+    if (signed.get("site"), signed.get("door")) != (site, door):
+        return f"signed by {door}'s key for door {signed.get('door')!r} of site {signed.get('site')!r}"
+    return None
 
 
 def make_bundle(people: list[Person], model_sha256: str, dim: int, site: str, version: int) -> dict[str, Any]:
@@ -333,25 +360,31 @@ def publish(gallery: Path, key_path: Path, broker: Broker, site: str = DEFAULT_S
 
 
 def published(payload: bytes, site: str, trusted: Ed25519PublicKey | None) -> dict[str, Any]:
-    """What a retained gallery payload claims: {"version", "verified"} (verified: signed by `trusted`, for `site`,
-    with an integer version), or {"refused": why} when it is not; without `trusted`, the version it claims,
-    unverified. (Each door also checks the embedding model and that the version is newer than its own.)"""
+    """What a retained gallery payload claims: {"version", "verified", "sha256"} (verified: signed by `trusted`, for
+    `site`, with an integer version; sha256: of its signed text), or {"refused": why} when it is not; without
+    `trusted`, the version it claims, unverified. (Each door also checks the embedding model and that the version is
+    newer than its own.)"""
     if trusted is None:
         try:
             return {"version": json.loads(json.loads(payload)["bundle"])["version"], "verified": False}
         except (ValueError, KeyError, TypeError):
             return {"refused": "not a signed edgeface bundle (malformed envelope)"}
     try:
-        bundle, _ = open_bundle(payload, trusted)
-        return {"version": site_version(bundle, site), "verified": True}
+        bundle, sha256 = open_bundle(payload, trusted)
+        return {"version": site_version(bundle, site), "verified": True, "sha256": sha256}
     except BundleError as error:
         return {"refused": str(error)}
 
 
-def status(broker: Broker, site: str = DEFAULT_SITE, wait: float = 1.5,
-           trusted: Ed25519PublicKey | None = None) -> dict[str, dict[str, Any]]:
+def status(broker: Broker, site: str = DEFAULT_SITE, wait: float = 1.5, trusted: Ed25519PublicKey | None = None,
+           door_keys: Path | None = None) -> dict[str, dict[str, Any]]:
     """Every door's retained availability, gallery report and state, read for `wait` seconds; the key '' holds
-    what the published bundle claims (`published`, checked against `trusted` when given)."""
+    what the published bundle claims (`published`, checked against `trusted` when given).
+
+    With `door_keys` (a folder holding one `<door>.pub` per door, and nothing else), every door there is listed,
+    and each door's entry also says whether its report is the door's own
+    ("report": "verified" or why not, `check_report`) and, with `trusted` too, whether the door acknowledges the
+    published bundle ("acknowledged": a verified report holding exactly that bundle)."""
     check_name(site, "site")
     doors: dict[str, dict[str, Any]] = {}
     lock = threading.Lock()
@@ -380,7 +413,29 @@ def status(broker: Broker, site: str = DEFAULT_SITE, wait: float = 1.5,
         client.disconnect()
         client.loop_stop()
     with lock:
-        return dict(doors)
+        doors = dict(doors)
+    if door_keys is not None:
+        bundle = doors.get("", {})
+        for expected in sorted(door_keys.glob("*.pub")):  # a door with a key that never reported is listed too
+            doors.setdefault(expected.stem, {})
+        for door, seen in doors.items():
+            if door:
+                seen.update(_report_check(seen.get("gallery"), site, door, door_keys, bundle))
+    return doors
+
+
+def _report_check(report: object, site: str, door: str, door_keys: Path,
+                  bundle: dict[str, Any]) -> dict[str, Any]:
+    """`status`'s "report" and "acknowledged" for one door (see there)."""
+    key_file = door_keys / f"{door}.pub"
+    if not key_file.is_file():
+        return {"report": f"no key {key_file} for this door", "acknowledged": False}
+    if report is None:
+        return {"report": "no report", "acknowledged": False}
+    why = check_report(report, site, door, load_public_key(key_file))
+    held = isinstance(report, dict) and bundle.get("verified") is True and (
+        report.get("version"), report.get("sha256")) == (bundle.get("version"), bundle.get("sha256"))
+    return {"report": why or "verified", "acknowledged": why is None and held}
 
 
 # --- the door's side ------------------------------------------------------------------------------------------------
@@ -422,12 +477,14 @@ class EventQueue:
 
 @dataclass(frozen=True)
 class LinkConfig:
-    """`edgeface doorlock --fleet URL --site NAME --door NAME --trust PUBKEY`."""
+    """`edgeface doorlock --fleet URL --site NAME --door NAME --trust PUBKEY [--door-key KEY]`."""
 
     broker: Broker
     door: str
     trust: Path
     site: str = DEFAULT_SITE
+    door_key: Path | None = None
+    """The door's own signing key (`edgeface fleet keygen --name DOOR`): its gallery reports are signed with it."""
 
     def __post_init__(self) -> None:
         check_name(self.site, "--site")
@@ -470,11 +527,12 @@ class DoorLink:
         self.config = config
         self.gallery_path = gallery
         self.trusted = load_public_key(config.trust)
+        self.signer = load_private_key(config.door_key) if config.door_key else None
         self.audit = audit
         with Gallery.open_existing(gallery) as local:
             self.model_sha256, self.dim = local.model_sha256, local.dim
             applied = local.applied_bundle()
-        self.version = applied[0] if applied else None
+        self.version, self.sha256 = applied if applied else (None, None)
         self._report: dict[str, Any] = self._reported("current")
         self._gallery: Gallery | None = None  # opened on the network thread
         self._state: dict[str, Any] = {"lock": "LOCKED", "last_person": None, "last_event": None}
@@ -604,9 +662,13 @@ class DoorLink:
 
     def _reported(self, status: str, offered: int | None = None, counts: dict[str, int] | None = None,
                   error: str | None = None) -> dict[str, Any]:
+        """The retained report: what the door holds and what became of the bundle `offered`; signed if the door has
+        a key."""
         counts = counts or {}
-        return {"version": self.version, "offered": offered, **{k: counts.get(k, 0) for k in
-                ("added", "removed", "updated", "unchanged")}, "status": status, "error": error, "time": _now()}
+        report = {"version": self.version, "sha256": self.sha256, "offered": offered,
+                  **{k: counts.get(k, 0) for k in ("added", "removed", "updated", "unchanged")},
+                  "status": status, "error": error, "time": _now(), "site": self.config.site, "door": self.config.door}
+        return sign_report(report, self.signer) if self.signer else report
 
     def _apply(self, payload: bytes) -> None:
         """Verify and apply one bundle, report it retained, audit an apply or a refusal. Fails closed: on any
@@ -627,7 +689,7 @@ class DoorLink:
             else:
                 started = time.perf_counter()
                 counts = vars(self._gallery.replace_all(bundle_people(bundle, self.dim), offered, sha256))
-                self.version = offered
+                self.version, self.sha256 = offered, sha256
                 self._report = self._reported("applied", offered, counts)
                 self._log({"decision": "bundle_applied", "version": offered, **counts,
                            "seconds": round(time.perf_counter() - started, 3)})

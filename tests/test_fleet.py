@@ -42,7 +42,8 @@ except FleetError as missing:  # the fleet extra is not installed
 from edgeface.tools.fleet_bench import LocalBroker, Watcher, mosquitto_binary  # noqa: E402
 
 SHA, DIM, SITE = "ab" * 32, 8, "home"
-REPORT_KEYS = {"version", "offered", "added", "removed", "updated", "unchanged", "status", "error", "time"}
+REPORT_KEYS = {"version", "sha256", "offered", "added", "removed", "updated", "unchanged", "status", "error", "time",
+               "site", "door"}
 
 
 def unit(seed: int) -> np.ndarray:
@@ -73,15 +74,15 @@ def keys(tmp_path: Path) -> Path:
 class Door:
     """An in-process door: its gallery, a DoorLink and the audit records it wrote."""
 
-    def __init__(self, folder: Path, url: str, name: str, trust: Path) -> None:
+    def __init__(self, folder: Path, url: str, name: str, trust: Path, door_key: Path | None = None) -> None:
         self.name = name
         self.path = folder / f"{name}.db"
         self.gallery = Gallery(self.path, SHA, DIM)  # the door lock's own connection: it must see every apply
         self.audit: list[dict[str, Any]] = []
         log = AuditLog(folder / f"{name}.jsonl")  # as doorlock.run wires it: audit records also become events
         log.listeners.append(self.audit.append)
-        self.link = fleet.start_door_link(fleet.LinkConfig(fleet.Broker.parse(url), name, trust, SITE), self.path,
-                                          log)
+        self.link = fleet.start_door_link(fleet.LinkConfig(fleet.Broker.parse(url), name, trust, SITE, door_key),
+                                          self.path, log)
 
     def topic(self, leaf: str) -> str:
         return fleet.door_topic(SITE, self.name, leaf)
@@ -136,9 +137,10 @@ def test_publish_reaches_every_door_and_removal_follows(tmp_path: Path, broker: 
     for door in doors:
         report = wait_report(watcher, door, version=version)
         assert set(report) == REPORT_KEYS
-        assert report | {"time": None} == {"version": version, "offered": version, "added": 3, "removed": 0,
-                                           "updated": 0, "unchanged": 0, "status": "applied", "error": None,
-                                           "time": None}
+        assert report | {"time": None, "sha256": None} == {
+            "version": version, "sha256": None, "offered": version, "added": 3, "removed": 0, "updated": 0,
+            "unchanged": 0, "status": "applied", "error": None, "time": None, "site": SITE, "door": door.name}
+        assert len(report["sha256"]) == 64
         assert who(door, 2) == "bob"
     office(source, {"alice": 1, "carol": 3})
     removal = publish(broker, keys, source)
@@ -316,6 +318,81 @@ def test_status_checks_the_published_bundle_as_the_doors_do(tmp_path: Path, brok
     assert "does not verify, doors refuse it: bundle for site 'office', not 'home'" in capsys.readouterr().out
 
 
+def test_status_tells_a_door_s_signed_report_from_a_forged_moved_or_replayed_one(
+        tmp_path: Path, broker: LocalBroker, keys: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Revocation is done when every door says so: a report anyone on the broker could write must not count."""
+    door_keys = tmp_path / "door-keys"
+    for name in ("front", "back", "intruder"):
+        fleet.keygen(door_keys, name)
+    front = Door(tmp_path, broker.url, "front", keys / "fleet.pub", door_keys / "front.key")
+    back = Door(tmp_path, broker.url, "back", keys / "fleet.pub")  # no key of its own: its reports are unsigned
+    watcher = Watcher(broker.url, [front.topic("gallery"), back.topic("gallery")])
+    try:
+        first = publish(broker, keys, office(tmp_path / "office.db", {"alice": 1, "bob": 2}))
+        genuine = wait_report(watcher, front, version=first, status="applied")
+        wait_report(watcher, back, version=first, status="applied")
+        assert fleet.check_report(genuine, SITE, "front", fleet.load_public_key(door_keys / "front.pub")) is None
+        status = ["fleet", "status", "--broker", broker.url, "--wait", "1", "--trust", str(keys / "fleet.pub"),
+                  "--doors", str(door_keys)]
+
+        def seen() -> dict[str, dict[str, Any]]:
+            assert main([*status, "--json"]) == 0
+            doors = json.loads(capsys.readouterr().out)
+            return {door: {k: doors[door][k] for k in ("report", "acknowledged")} for door in ("front", "back")}
+
+        assert seen() == {"front": {"report": "verified", "acknowledged": True},
+                          "back": {"report": "unsigned", "acknowledged": False}}
+        assert main(status) == 0
+        out = capsys.readouterr().out
+        assert "report signed by the door" in out and "report NOT the door's: unsigned" in out
+        assert f"1 of 3 doors acknowledge the published version {first}" in out  # intruder.pub: a door never seen
+
+        second = publish(broker, keys, office(tmp_path / "office.db", {"alice": 1}))  # bob revoked
+        wait_report(watcher, front, version=second, status="applied")
+        wait_report(watcher, back, version=second, status="applied")
+        assert seen()["front"] == {"report": "verified", "acknowledged": True}
+        intruder = fleet.load_private_key(door_keys / "intruder.key")
+        forgeries = {
+            "replayed": (front, genuine),  # the door's own, from before the revocation
+            "altered": (front, {**genuine, "version": second}),
+            "another key": (front, fleet.sign_report({k: v for k, v in genuine.items() if k != "signature"},
+                                                     intruder)),
+            "moved": (back, genuine),  # front's genuine report on back's topic (back.pub is in the folder)
+        }
+        publisher = Watcher(broker.url, [])
+        for how, (door, report) in forgeries.items():
+            publisher.client.publish(door.topic("gallery"), json.dumps(report), qos=1, retain=True).wait_for_publish(10)
+            checked = seen()[door.name]
+            assert checked["acknowledged"] is False, how
+            if how == "replayed":
+                assert checked["report"] == "verified"  # genuine, but for the bundle before: not an acknowledgement
+            else:
+                assert checked["report"].startswith("bad signature"), (how, checked)
+        publisher.close()
+        assert main([*status, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["intruder"] == {"report": "no report", "acknowledged": False}
+        (door_keys / "back.pub").unlink()
+        assert seen()["back"]["report"] == f"no key {door_keys / 'back.pub'} for this door"
+    finally:
+        watcher.close()
+        front.close()
+        back.close()
+
+
+def test_a_door_key_that_is_not_a_private_key_is_one_line(tmp_path: Path, keys: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    office(tmp_path / "door.db", {"alice": 1})
+    config = fleet.LinkConfig(fleet.Broker.parse("mqtt://127.0.0.1:9"), "front", keys / "fleet.pub", SITE,
+                              keys / "fleet.pub")
+    with pytest.raises(FleetError, match="fleet.pub: not a PEM private key"):
+        fleet.DoorLink(config, tmp_path / "door.db", lambda record: None)
+    assert main(["fleet", "keygen", "--out", str(keys), "--name", "front door"]) == 2
+    err = capsys.readouterr().err
+    assert "--name 'front door'" in err and err.count("\n") == 1
+    assert main(["fleet", "keygen", "--out", str(keys)]) == 2  # never overwritten
+    assert "fleet.key: already exists" in capsys.readouterr().err
+
+
 def _certificates(folder: Path) -> tuple[Path, Path, Path]:
     """A fresh CA, and a certificate for 127.0.0.1 it signed: (CA, certificate, key) PEM files."""
     import ipaddress
@@ -471,7 +548,8 @@ def office_of(path: Path, enrolment: dict[str, Any], names: list[str],
 class DoorProcess:
     """`edgeface doorlock --dry-run --source DIR --follow --fleet ...` in its own process; `show` hands it a frame."""
 
-    def __init__(self, root: Path, name: str, profile: Path, url: str, trust: Path) -> None:
+    def __init__(self, root: Path, name: str, profile: Path, url: str, trust: Path,
+                 door_key: Path | None = None) -> None:
         self.name, self.folder, self.log = name, root / name, root / f"{name}.jsonl"
         self.folder.mkdir()
         self.shown = 0
@@ -479,7 +557,8 @@ class DoorProcess:
         self.process = subprocess.Popen(
             [str(EDGEFACE), "doorlock", "--dry-run", "--profile", str(profile), "--gallery", str(root / f"{name}.db"),
              "--source", str(self.folder), "--follow", "--audit-log", str(self.log), "--fleet", url,
-             "--door", name, "--trust", str(trust)], stdout=subprocess.DEVNULL, stderr=self.stderr)
+             "--door", name, "--trust", str(trust), *(["--door-key", str(door_key)] if door_key else [])],
+            stdout=subprocess.DEVNULL, stderr=self.stderr)
 
     def visit(self, photos: list[Path]) -> None:
         """A person in front of the door: their photos as frames (a track is confirmed after 2), then a frame
@@ -533,13 +612,16 @@ def door_processes(tmp_path: Path) -> Iterator[list[DoorProcess]]:
 
 def test_real_doors_apply_the_bundle_and_lock_out_a_removed_person(
         tmp_path: Path, broker: LocalBroker, keys: Path, enrolment: dict[str, Any],
-        door_processes: list[DoorProcess]) -> None:
+        door_processes: list[DoorProcess], capsys: pytest.CaptureFixture[str]) -> None:
     watcher = Watcher(broker.url, [fleet.door_topic(SITE, "+", "gallery"), fleet.door_topic(SITE, "+", "event"),
                                    fleet.door_topic(SITE, "+", "availability")])
     source = office_of(tmp_path / "office.db", enrolment, [PERSON, enrolment["other"]])
     version = publish(broker, keys, source)
-    doors = [DoorProcess(tmp_path, f"door{i}", enrolment["profile"], broker.url, keys / "fleet.pub")
-             for i in range(3)]
+    door_keys = tmp_path / "door-keys"
+    for i in range(3):
+        assert main(["fleet", "keygen", "--out", str(door_keys), "--name", f"door{i}"]) == 0
+    doors = [DoorProcess(tmp_path, f"door{i}", enrolment["profile"], broker.url, keys / "fleet.pub",
+                         door_keys / f"door{i}.key") for i in range(3)]
     door_processes.extend(doors)
     for door in doors:
         watcher.wait(lambda: any(r["version"] == version and r["added"] == 2
@@ -557,6 +639,10 @@ def test_real_doors_apply_the_bundle_and_lock_out_a_removed_person(
                                             if r["version"] == removal), None))
         assert (report["status"], report["removed"], report["unchanged"]) == ("applied", 1, 1)
         door.visit(enrolment["person"][2:4])  # only after the door's ack
+    capsys.readouterr()
+    assert main(["fleet", "status", "--broker", broker.url, "--wait", "1", "--trust", str(keys / "fleet.pub"),
+                 "--doors", str(door_keys)]) == 0
+    assert f"3 of 3 doors acknowledge the published version {removal}" in capsys.readouterr().out
     for door in doors:
         door.wait_decision("unknown")
         assert len(door.wait_decision("unlock")) == 1  # nobody let in after the removal
