@@ -323,11 +323,15 @@ def cmd_doorlock(args: argparse.Namespace) -> int:
     from edgeface.doorlock import run
 
     fleet = None
+    if args.door_key and not args.fleet:
+        raise EdgefaceError("--door-key signs this door's fleet reports: it needs --fleet")
     if args.fleet:
         if not args.door or not args.trust:
             raise EdgefaceError("--fleet needs --door NAME and --trust PUBKEY")
-        from edgeface.fleet import Broker, LinkConfig
+        from edgeface.fleet import Broker, LinkConfig, load_private_key
 
+        if args.door_key:
+            load_private_key(args.door_key)  # a bad key is one line now, not after the models have loaded
         fleet = LinkConfig(Broker.parse(args.fleet), args.door, args.trust, args.site, args.door_key)
     return run(load_profile(args.profile), args.gallery, args.source, relay_pin=args.relay_pin,
                audit_log=args.audit_log, dry_run=args.dry_run, follow=args.follow, fleet=fleet)
@@ -357,14 +361,24 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     bundle = doors.pop("", {})
     if "refused" in bundle:
         print(f"site {args.site}: the published bundle does not verify, doors refuse it: {bundle['refused']}")
-    elif not bundle:
+    elif "version" not in bundle:
         print(f"site {args.site}: published version none")
     else:
         checked = "signed by the trusted key" if bundle["verified"] else "signature not checked: pass --trust fleet.pub"
         print(f"site {args.site}: published version {bundle['version']} ({checked})")
+    newer = sorted(door for door, seen in doors.items() if seen.get("report") == "verified"
+                   and isinstance(bundle.get("version"), int) and isinstance(seen["gallery"].get("version"), int)
+                   and seen["gallery"]["version"] > bundle["version"])
+    if newer:
+        print(f"WARNING: door(s) {', '.join(newer)} hold a newer version than the retained bundle: it was replaced "
+              "by an older one (a replay?); publish again")
+    if bundle.get("malformed"):
+        print(f"ignored {len(bundle['malformed'])} message(s) on topics that name no door, e.g. "
+              f"{bundle['malformed'][0]}")
     for door, seen in sorted(doors.items()):
         report = seen.get("gallery", {})
-        event = (seen.get("state") or {}).get("last_event") or {}
+        event = (seen.get("state") or {}).get("last_event")
+        event = event if isinstance(event, dict) else {}
         last = " ".join(str(event[k]) for k in ("time", "decision", "identity") if event.get(k)) or "none"
         why = f": {report['error']}" if report.get("error") else ""
         check = seen.get("report")
@@ -374,8 +388,9 @@ def cmd_fleet(args: argparse.Namespace) -> int:
               f"({report.get('status', '?')}{why}){signed}  last event {last}")
     if args.doors is not None and bundle.get("verified"):
         held = sum(seen["acknowledged"] for seen in doors.values())
-        print(f"{held} of {len(doors)} doors acknowledge the published version {bundle['version']} "
-              "(signed reports holding that very bundle)")
+        expected = sum(seen["expected"] for seen in doors.values())
+        print(f"{held} of {expected} doors with a key in {args.doors} acknowledge the published version "
+              f"{bundle['version']} (signed reports holding that very bundle)")
     return 0
 
 

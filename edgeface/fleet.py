@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from edgeface.doorlock import AuditLog
 
 BUNDLE_FORMAT = "edgeface-gallery-bundle/1"
+REPORT_FORMAT = "edgeface-door-report/1"
 DEFAULT_SITE = "home"
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
@@ -192,24 +193,41 @@ def canonical(value: object) -> bytes:
 
 
 def sign_report(report: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
-    """`report` plus "key" (its key id) and "signature": Ed25519 over the canonical JSON of everything else."""
-    signed = {**report, "key": key_id(key.public_key())}
+    """`report` plus "format" (REPORT_FORMAT: no bundle's signed text can pass for a report), "key" (its key id) and
+    "signature": Ed25519 over the canonical JSON of everything else."""
+    signed = {**report, "format": REPORT_FORMAT, "key": key_id(key.public_key())}
     return {**signed, "signature": base64.b64encode(key.sign(canonical(signed))).decode()}
 
 
 def check_report(report: object, site: str, door: str, key: Ed25519PublicKey) -> str | None:
-    """None if `report` (a door's retained gallery report) was signed by `key` for this site and door; otherwise
-    why not, in a few words."""
+    """None if `report` (a door's retained gallery report, parsed by `strict_json`) was signed by `key` for this site
+    and door; otherwise why not, in a few words."""
     if not isinstance(report, dict) or "signature" not in report:
         return "unsigned"
     signed = {name: value for name, value in report.items() if name != "signature"}
+    if signed.get("key") != key_id(key):
+        return f"bad signature: signed by key {str(signed.get('key'))[:16]!r}, not {door}'s key {key_id(key)}"
     try:
         key.verify(base64.b64decode(str(report["signature"]), validate=True), canonical(signed))
     except (InvalidSignature, binascii.Error, ValueError):
         return f"bad signature: not signed by {door}'s key {key_id(key)}, or altered after signing"
-    if (signed.get("site"), signed.get("door")) != (site, door):
-        return f"signed by {door}'s key for door {signed.get('door')!r} of site {signed.get('site')!r}"
+    if (signed.get("format"), signed.get("site"), signed.get("door")) != (REPORT_FORMAT, site, door):
+        return (f"signed by {door}'s key, but as {signed.get('format')!r} for door {signed.get('door')!r} of site "
+                f"{signed.get('site')!r}")
     return None
+
+
+def strict_json(payload: bytes) -> Any:
+    """JSON as signed texts are read: a repeated key or a NaN/Infinity is a ValueError, not a value to guess."""
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        if len({name for name, _ in pairs}) < len(pairs):
+            raise ValueError("a key appears twice")
+        return dict(pairs)
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(payload, object_pairs_hook=unique, parse_constant=constant)
 
 
 def make_bundle(people: list[Person], model_sha256: str, dim: int, site: str, version: int) -> dict[str, Any]:
@@ -382,25 +400,34 @@ def status(broker: Broker, site: str = DEFAULT_SITE, wait: float = 1.5, trusted:
     what the published bundle claims (`published`, checked against `trusted` when given).
 
     With `door_keys` (a folder holding one `<door>.pub` per door, and nothing else), every door there is listed,
-    and each door's entry also says whether its report is the door's own
-    ("report": "verified" or why not, `check_report`) and, with `trusted` too, whether the door acknowledges the
-    published bundle ("acknowledged": a verified report holding exactly that bundle)."""
+    and each door's entry also says whether its report is the door's own ("report": "verified" or why not,
+    `check_report`) and, with `trusted` too, whether the door acknowledges the published bundle ("acknowledged": a
+    verified report holding exactly that bundle). Topics whose door part is not a door name, and payloads that are
+    not a JSON object, are counted under '' as "malformed", never taken as a door."""
     check_name(site, "site")
+    if door_keys is not None and not door_keys.is_dir():
+        raise FleetError(f"{door_keys}: not a folder (--doors takes the folder of the doors' <door>.pub keys)")
     doors: dict[str, dict[str, Any]] = {}
     lock = threading.Lock()
 
     def on_message(_client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
         parts = message.topic.split("/")
         with lock:
-            try:
-                if len(parts) == 3:
-                    doors[""] = published(message.payload, site, trusted)
-                elif parts[3] == "availability":
-                    doors.setdefault(parts[2], {})["availability"] = message.payload.decode(errors="replace")
+            if len(parts) == 3:
+                doors.setdefault("", {}).update(published(message.payload, site, trusted))
+            elif not _NAME.match(parts[2]):
+                doors.setdefault("", {}).setdefault("malformed", []).append(message.topic[:200])
+            elif parts[3] == "availability":
+                doors.setdefault(parts[2], {})["availability"] = message.payload.decode(errors="replace")[:32]
+            else:
+                try:
+                    value = strict_json(message.payload)
+                except ValueError:
+                    value = None
+                if isinstance(value, dict):
+                    doors.setdefault(parts[2], {})[parts[3]] = value
                 else:
-                    doors.setdefault(parts[2], {})[parts[3]] = json.loads(message.payload)
-            except (ValueError, KeyError, TypeError):
-                doors.setdefault(parts[2] if len(parts) > 3 else "", {})["malformed"] = message.topic
+                    doors.setdefault(parts[2], {})["malformed"] = message.topic
 
     client = broker.client(f"edgeface-status-{os.getpid()}")
     _connect(broker, client, wait + 5)
@@ -416,26 +443,29 @@ def status(broker: Broker, site: str = DEFAULT_SITE, wait: float = 1.5, trusted:
         doors = dict(doors)
     if door_keys is not None:
         bundle = doors.get("", {})
-        for expected in sorted(door_keys.glob("*.pub")):  # a door with a key that never reported is listed too
-            doors.setdefault(expected.stem, {})
+        keys = {path.stem: path for path in sorted(door_keys.glob("*.pub")) if _NAME.match(path.stem)}
+        for door in keys:  # a door with a key that never reported is listed too
+            doors.setdefault(door, {})
         for door, seen in doors.items():
             if door:
-                seen.update(_report_check(seen.get("gallery"), site, door, door_keys, bundle))
+                seen.update(_report_check(seen.get("gallery"), site, door, keys.get(door), door_keys, bundle))
     return doors
 
 
-def _report_check(report: object, site: str, door: str, door_keys: Path,
+def _report_check(report: dict[str, Any] | None, site: str, door: str, key_file: Path | None, door_keys: Path,
                   bundle: dict[str, Any]) -> dict[str, Any]:
-    """`status`'s "report" and "acknowledged" for one door (see there)."""
-    key_file = door_keys / f"{door}.pub"
-    if not key_file.is_file():
-        return {"report": f"no key {key_file} for this door", "acknowledged": False}
-    if report is None:
-        return {"report": "no report", "acknowledged": False}
-    why = check_report(report, site, door, load_public_key(key_file))
-    held = isinstance(report, dict) and bundle.get("verified") is True and (
+    """`status`'s "report" and "acknowledged" for one door (see there); "expected": whether the door has a key."""
+    if key_file is None:
+        return {"report": f"no key {door_keys / (door + '.pub')} for this door", "acknowledged": False,
+                "expected": False}
+    try:
+        key = load_public_key(key_file)
+    except FleetError as error:
+        return {"report": f"bad key: {error}", "acknowledged": False, "expected": True}
+    why = "no report" if report is None else check_report(report, site, door, key)
+    held = report is not None and bundle.get("verified") is True and (
         report.get("version"), report.get("sha256")) == (bundle.get("version"), bundle.get("sha256"))
-    return {"report": why or "verified", "acknowledged": why is None and held}
+    return {"report": why or "verified", "acknowledged": why is None and held, "expected": True}
 
 
 # --- the door's side ------------------------------------------------------------------------------------------------

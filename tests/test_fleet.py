@@ -345,19 +345,21 @@ def test_status_tells_a_door_s_signed_report_from_a_forged_moved_or_replayed_one
         assert main(status) == 0
         out = capsys.readouterr().out
         assert "report signed by the door" in out and "report NOT the door's: unsigned" in out
-        assert f"1 of 3 doors acknowledge the published version {first}" in out  # intruder.pub: a door never seen
+        assert f"1 of 3 doors with a key in {door_keys} acknowledge the published version {first}" in out
 
         second = publish(broker, keys, office(tmp_path / "office.db", {"alice": 1}))  # bob revoked
         wait_report(watcher, front, version=second, status="applied")
         wait_report(watcher, back, version=second, status="applied")
         assert seen()["front"] == {"report": "verified", "acknowledged": True}
         intruder = fleet.load_private_key(door_keys / "intruder.key")
+        unsigned = {k: v for k, v in genuine.items() if k not in ("format", "key", "signature")}
         forgeries = {
             "replayed": (front, genuine),  # the door's own, from before the revocation
             "altered": (front, {**genuine, "version": second}),
-            "another key": (front, fleet.sign_report({k: v for k, v in genuine.items() if k != "signature"},
-                                                     intruder)),
+            "another key": (front, fleet.sign_report(unsigned, intruder)),
             "moved": (back, genuine),  # front's genuine report on back's topic (back.pub is in the folder)
+            "another site": (front, fleet.sign_report({**unsigned, "site": "office", "version": second},
+                                                      fleet.load_private_key(door_keys / "front.key"))),
         }
         publisher = Watcher(broker.url, [])
         for how, (door, report) in forgeries.items():
@@ -366,11 +368,31 @@ def test_status_tells_a_door_s_signed_report_from_a_forged_moved_or_replayed_one
             assert checked["acknowledged"] is False, how
             if how == "replayed":
                 assert checked["report"] == "verified"  # genuine, but for the bundle before: not an acknowledgement
+            elif how == "another site":  # front's own key, for its namesake at another site
+                assert checked["report"].endswith("for door 'front' of site 'office'"), checked
             else:
                 assert checked["report"].startswith("bad signature"), (how, checked)
+
+        # an older genuine bundle retained over the revocation: doors refuse it, and status says it was replaced
+        older = fleet.sign_bundle(fleet.make_bundle([Person("bob", unit(2))], SHA, DIM, SITE, first),
+                                  fleet.load_private_key(keys / "fleet.key"))
+        publisher.client.publish(fleet.gallery_topic(SITE), older, qos=1, retain=True).wait_for_publish(10)
+        wait_report(watcher, front, version=second, status="refused")
+        # noise no door wrote: a topic naming no door (too long), a payload that is not an object, a bad key file
+        publisher.client.publish(fleet.door_topic(SITE, "x" * 300, "gallery"), b"{}", qos=1,
+                                 retain=True).wait_for_publish(10)
+        publisher.client.publish(back.topic("state"), b"[]", qos=1, retain=True).wait_for_publish(10)
         publisher.close()
+        (door_keys / "side.pub").write_text("not a key")
+        assert main(status) == 0
+        out = capsys.readouterr().out
+        assert f"published version {first} (signed by the trusted key)" in out
+        assert "WARNING: door(s) front hold a newer version than the retained bundle" in out
+        assert "ignored 1 message(s) on topics that name no door" in out
+        assert "report NOT the door's: bad key:" in out and "0 of 4 doors with a key" in out
         assert main([*status, "--json"]) == 0
-        assert json.loads(capsys.readouterr().out)["intruder"] == {"report": "no report", "acknowledged": False}
+        assert json.loads(capsys.readouterr().out)["intruder"] == {"report": "no report", "acknowledged": False,
+                                                               "expected": True}
         (door_keys / "back.pub").unlink()
         assert seen()["back"]["report"] == f"no key {door_keys / 'back.pub'} for this door"
     finally:
@@ -494,6 +516,13 @@ def test_bad_fleet_arguments_are_one_line(tmp_path: Path, keys: Path, capsys: py
                           (["fleet", "status", "--broker", "mqtt://127.0.0.1:9", "--site", "a/b"], "site 'a/b'"),
                           (["fleet", "publish", "--gallery", str(tmp_path / "none.db"), "--key",
                             str(keys / "fleet.pub"), "--broker", "mqtt://127.0.0.1:9"], "not a PEM private key"),
+                          (["fleet", "status", "--broker", "mqtt://127.0.0.1:9", "--doors", str(tmp_path / "no")],
+                           "no: not a folder"),
+                          (["doorlock", "--gallery", str(tmp_path / "g.db"), "--door-key", str(keys / "fleet.key")],
+                           "--door-key signs this door's fleet reports: it needs --fleet"),
+                          (["doorlock", "--gallery", str(tmp_path / "g.db"), "--fleet", "mqtt://127.0.0.1:9", "--door",
+                            "front", "--trust", str(keys / "fleet.pub"), "--door-key", str(keys / "fleet.pub")],
+                           "fleet.pub: not a PEM private key"),
                           (["doorlock", "--gallery", str(tmp_path / "g.db"), "--fleet", "mqtt://127.0.0.1:9"],
                            "--fleet needs --door NAME and --trust PUBKEY"),
                           (["doorlock", "--gallery", str(tmp_path / "g.db"), "--fleet", "mqtt://127.0.0.1:9",
@@ -642,7 +671,8 @@ def test_real_doors_apply_the_bundle_and_lock_out_a_removed_person(
     capsys.readouterr()
     assert main(["fleet", "status", "--broker", broker.url, "--wait", "1", "--trust", str(keys / "fleet.pub"),
                  "--doors", str(door_keys)]) == 0
-    assert f"3 of 3 doors acknowledge the published version {removal}" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert f"3 of 3 doors with a key in {door_keys} acknowledge the published version {removal}" in shown
     for door in doors:
         door.wait_decision("unknown")
         assert len(door.wait_decision("unlock")) == 1  # nobody let in after the removal
